@@ -1,0 +1,35 @@
+# vtok: `make quickstart` trains and evaluates the embedded default on this CPU; `make test` runs the tests.
+# Both create/refresh .venv first. GPU users: see README ("Installing on a GPU machine").
+
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+# The CPU/CI machines have these two wheels on local disk; other versions download gigabytes.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+# Huge pages for torch's CPU allocator: 1.5-1.8x faster on large temporaries.
+export THP_MEM_ALLOC_ENABLE = 1
+
+.PHONY: install quickstart test test-fast clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+quickstart: install
+	$(PY) train.py experiment=quickstart
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf outputs data/samples .pytest_cache

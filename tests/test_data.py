@@ -1,0 +1,167 @@
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from vtok.data import ImageFolder, ImageTransform, RandomSampleStream, ShardDataset, SyntheticCaptions
+from vtok.data.shards import folder_items, main as shards_main, write_shards
+
+
+def _png(color, size=(40, 36)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(6):
+        (src / f"img{i}.png").write_bytes(_png((40 * i, 10, 200)))
+    (src / "sub" / "captioned.png").write_bytes(_png((1, 2, 3)))
+    (src / "sub" / "captioned.txt").write_text("a dark square\n")
+    (src / "empty.jpg").write_bytes(b"")  # zero bytes
+    (src / "truncated.png").write_bytes(_png((9, 9, 9))[:60])  # cut mid-file
+    return src
+
+
+def test_shard_writer_reader_round_trip_with_corrupt_files(image_folder, tmp_path, capsys):
+    out = tmp_path / "shards"
+    shards_main([str(image_folder), str(out), "--maxcount", "3"])
+    summary = capsys.readouterr().out
+    assert "wrote 7 images (1 with captions) into 3 shards" in summary
+    assert "skipped 2 unreadable files" in summary and "empty" in summary and "truncated" in summary
+
+    dataset = ShardDataset(str(out / "shard-{000000..000002}.tar"), ImageTransform(mode="full", multiple=4,
+                           flip=False), resampled=False, shuffle_buffer=0, captions=True)
+    samples = list(dataset)
+    assert len(samples) == 7
+    by_key = {s["key"]: s for s in samples}
+    assert by_key["sub__captioned"]["caption"] == "a dark square"
+    assert by_key["img0"]["caption"] == ""
+    assert by_key["img0"]["image"].shape == (3, 36, 40)
+    # exact pixels survive (PNG is lossless): colour (0, 10, 200) in [-1, 1]
+    expected = torch.tensor([0, 10, 200]).float() / 127.5 - 1
+    assert torch.allclose(by_key["img0"]["image"][:, 0, 0], expected)
+
+
+def test_reader_skips_and_counts_corrupt_members(tmp_path, caplog):
+    items = [("good0", _png((1, 1, 1)), "png", None), ("bad", b"not an image", "png", None),
+             ("good1", _png((2, 2, 2)), "png", None)]
+    write_shards(items, tmp_path, verify=False, progress=False)
+    dataset = ShardDataset(str(tmp_path / "shard-000000.tar"), ImageTransform(size=16, mode="center"),
+                           resampled=False, shuffle_buffer=0)
+    with caplog.at_level(logging.WARNING):
+        keys = [s["key"] for s in dataset]
+    assert keys == ["good0", "good1"]
+    assert dataset.skipped_bad == 1
+    assert "skipped bad image bad" in caplog.text and "1 skipped so far" in caplog.text
+
+
+def test_missing_and_empty_paths_are_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="shard not found: .*nope-000000.tar"):
+        ShardDataset(str(tmp_path / "nope-{000000..000001}.tar"))
+    with pytest.raises(FileNotFoundError, match="no shards match"):
+        ShardDataset(str(tmp_path / "*.tar"))
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        ImageFolder(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        shards_main([str(tmp_path / "empty"), str(tmp_path / "out")])
+
+
+def _stream_shards(tmp_path, n=40):
+    items = [(f"k{i:03d}", _png((i, 0, 0), (20, 20)), "png", f"caption {i}") for i in range(n)]
+    write_shards(items, tmp_path, maxcount=10, progress=False)
+    return str(tmp_path / "shard-{000000..000003}.tar")
+
+
+def test_resampled_stream_differs_per_rank_and_worker(tmp_path, monkeypatch):
+    urls = _stream_shards(tmp_path)
+
+    def first_keys(rank: int, workers: int) -> list[str]:
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        ds = ShardDataset(urls, ImageTransform(size=16), resampled=True, shuffle_buffer=8, seed=3)
+        loader = DataLoader(ds, batch_size=4, num_workers=workers)
+        keys = []
+        for i, batch in enumerate(loader):
+            keys += batch["key"]
+            if i == 3:
+                break
+        return keys
+
+    rank0, rank1 = first_keys(0, 0), first_keys(1, 0)
+    assert rank0 != rank1
+    assert first_keys(0, 0) == rank0  # deterministic
+    two_workers = first_keys(0, 2)
+    assert two_workers[:4] != two_workers[4:8]  # the two workers read different samples
+
+
+def test_resume_skips_exactly_the_consumed_batches(tmp_path):
+    urls = _stream_shards(tmp_path)
+    for workers in (0, 2):
+        ds = ShardDataset(urls, ImageTransform(size=16), resampled=True, shuffle_buffer=8, seed=1)
+        full = [b["image"] for _, b in zip(range(7), DataLoader(ds, batch_size=3, num_workers=workers))]
+        ds.resume_after(4, 3)
+        resumed = [b["image"] for _, b in zip(range(3), DataLoader(ds, batch_size=3, num_workers=workers))]
+        for a, b in zip(full[4:], resumed):
+            assert torch.equal(a, b)
+
+
+def test_non_resampled_split_by_rank_covers_everything_once(tmp_path, monkeypatch):
+    urls = _stream_shards(tmp_path)
+    seen = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        ds = ShardDataset(urls, ImageTransform(size=16), resampled=False, shuffle_buffer=0)
+        seen.append({s["key"] for s in ds})
+    assert not seen[0] & seen[1]
+    assert len(seen[0] | seen[1]) == 40
+
+
+def test_transforms_shapes_and_randomness():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    rng = np.random.default_rng(0)
+    for mode in ("random", "random_resized", "center"):
+        assert ImageTransform(size=24, mode=mode)(image, rng).shape == (3, 24, 24)
+    assert ImageTransform(mode="full", multiple=16)(image, rng).shape == (3, 48, 64)
+    a = ImageTransform(size=24)(image, np.random.default_rng(5))
+    b = ImageTransform(size=24)(image, np.random.default_rng(5))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown crop mode"):
+        ImageTransform(mode="zoom")
+
+
+def test_synthetic_dataset_and_folder(tmp_path, image_folder):
+    ds = SyntheticCaptions(length=5, size=16)
+    sample = ds[3]
+    assert sample["image"].shape == (3, 16, 16) and sample["image"].min() >= -1 and sample["image"].max() <= 1
+    assert sample["caption"].startswith("a ") and " on a " in sample["caption"]
+    assert len(list(ds)) == 5
+    folder = ImageFolder(str(image_folder), ImageTransform(size=16, mode="center"), captions=True)
+    assert len(folder) == 9
+    samples = [folder[i] for i in range(len(folder))]  # bad files are replaced by the next readable one
+    assert folder.skipped_bad >= 2
+    assert all(s["image"].shape == (3, 16, 16) for s in samples)
+    stream = iter(RandomSampleStream(ds, seed=0))
+    assert next(stream)["image"].shape == (3, 16, 16)
+
+
+def test_shards_from_shared_coco_with_captions(shared_data, tmp_path):
+    coco = shared_data / "coco-mini"
+    items, total = folder_items(coco)
+    assert total > 100
+    summary = write_shards(items, tmp_path, maxcount=64, total=total, progress=False)
+    assert summary.written == total and not summary.skipped
+    ds = ShardDataset(str(tmp_path / "shard-*.tar"), ImageTransform(size=64, mode="center"), resampled=False,
+                      shuffle_buffer=0)
+    first = next(iter(ds))
+    assert first["image"].shape == (3, 64, 64)

@@ -1,0 +1,60 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vtok import Tokenizer
+from vtok.data import SyntheticCaptions
+from vtok.eval import evaluate_to_dir, jpeg_at_bpp, patch_mean_at_bpp, psnr, ssim
+from vtok.eval.baselines import patch_mean_roundtrip, patch_mean_settings
+
+from .conftest import tiny_tokenizer_config
+
+
+def test_psnr_of_known_noise_level():
+    torch.manual_seed(0)
+    clean = torch.randint(20, 236, (1, 3, 64, 64)).float()
+    noise = torch.randint(0, 2, clean.shape).float() * 20 - 10  # +-10 grey levels exactly: MSE = 100
+    images, noisy = clean / 127.5 - 1, (clean + noise) / 127.5 - 1
+    assert torch.isclose(psnr(noisy, images), torch.tensor(10 * np.log10(255**2 / 100), dtype=torch.float32), atol=1e-3)
+
+
+def test_ssim_identical_is_one_and_noise_lowers_it():
+    images = torch.rand(2, 3, 48, 48) * 2 - 1
+    assert torch.allclose(ssim(images, images), torch.ones(2))
+    noise = torch.randn_like(images)
+    slightly, badly = ssim(images + 0.05 * noise, images), ssim(images + 0.5 * noise, images)
+    assert (badly < slightly).all() and (slightly < 1).all()
+
+
+def test_patch_mean_baseline():
+    assert sorted(patch_mean_settings(12 / 64)) == [(4, 1), (8, 4)]  # same rate, both tried
+    assert (4, 4) in patch_mean_settings(0.7) and (8, 4) not in patch_mean_settings(0.7)
+    flat = torch.full((3, 32, 32), 0.2)
+    # 8-bit flat colour, 4 bits per channel: error is the 4-bit rounding only
+    rec = patch_mean_roundtrip(flat, 8, 4)
+    assert rec.shape == flat.shape and (rec - flat).abs().max() < 1 / 15 + 1e-6
+    result = patch_mean_at_bpp([flat], 0.1875)
+    assert result.bits_per_pixel == 12 / 64 and result.setting.startswith("8x8") and result.psnr > 30
+
+
+def test_jpeg_baseline_hits_nearest_rate():
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.random((3, 64, 64))).float() * 2 - 1
+    low, high = jpeg_at_bpp([image], 0.5), jpeg_at_bpp([image], 4.0)
+    assert high.psnr > low.psnr and high.bits_per_pixel > low.bits_per_pixel
+    assert abs(high.bits_per_pixel - 4.0) < 1.0
+
+
+def test_report_has_every_key(tmp_path):
+    tokenizer = Tokenizer(**tiny_tokenizer_config()).eval()
+    loader = torch.utils.data.DataLoader(SyntheticCaptions(length=3, size=32), batch_size=1)
+    report = evaluate_to_dir(tokenizer, loader, tmp_path, extra={"train_steps": 0, "train_seconds": 0.0})
+    saved = json.loads((tmp_path / "report.json").read_text())
+    for key in ("psnr", "ssim", "codebook_usage", "perplexity", "num_images", "train_steps", "train_seconds",
+                "bits_per_pixel", "jpeg", "patch_mean", "psnr_margin_over_patch_mean"):
+        assert key in saved, key
+    assert saved["num_images"] == 3 and saved["bits_per_pixel"] == pytest.approx(6 / 16)
+    assert (tmp_path / "reconstructions.png").stat().st_size > 0
+    assert report["report_path"] == str(tmp_path / "report.json")

@@ -1,0 +1,130 @@
+"""Trainer behaviour: overfitting, the delayed discriminator, EMA, exact resume."""
+
+import csv
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.data import DataLoader
+
+from vtok import Tokenizer
+from vtok.data import SyntheticCaptions
+from vtok.losses import TokenizerLoss
+from vtok.training import TokenizerModule
+from vtok.training.run import train
+
+from .conftest import ROOT, tiny_tokenizer_config
+
+
+def _trainer(max_steps: int, **kwargs) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, **kwargs)
+
+
+def _loader(n=4, batch=4) -> DataLoader:
+    return DataLoader(SyntheticCaptions(length=n, size=32), batch_size=batch)
+
+
+def test_tiny_model_overfits_a_few_images():
+    module = TokenizerModule(Tokenizer(**tiny_tokenizer_config(codebook_size=256)),
+                             TokenizerLoss(l1_weight=0.0, l2_weight=1.0), lr=3e-3, warmup_steps=10,
+                             total_steps=300, ema_decay=None)
+    images = next(iter(_loader()))["image"]
+    before = torch.nn.functional.mse_loss(module.tokenizer.eval()(images).reconstruction, images).item()
+    _trainer(300).fit(module, _loader())
+    after = torch.nn.functional.mse_loss(module.tokenizer.eval()(images).reconstruction, images).item()
+    assert after < before / 10, (before, after)
+
+
+def test_discriminator_starts_at_its_step():
+    loss = TokenizerLoss(disc_weight=0.5, disc_start=3, adaptive=True,
+                         discriminator={"channels": 8, "num_layers": 2})
+    module = TokenizerModule(Tokenizer(**tiny_tokenizer_config()), loss, lr=1e-3, warmup_steps=1,
+                             total_steps=10, ema_decay=None)
+    initial = [p.detach().clone() for p in loss.discriminator.parameters()]
+    factors = []
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            factors.append(float(trainer.callback_metrics["train/gan/factor"]))
+            same = all(torch.equal(a, b) for a, b in zip(initial, loss.discriminator.parameters()))
+            if trainer.global_step <= 3:
+                assert same, f"discriminator changed at step {trainer.global_step}"
+            else:
+                assert not same, "discriminator did not learn after its start"
+            if trainer.global_step > 3:
+                assert "train/gan/adaptive_weight" in trainer.callback_metrics
+
+    _trainer(6, callbacks=[Watch()]).fit(module, _loader(8, 2))
+    assert factors == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_gan_weight_ramps():
+    loss = TokenizerLoss(disc_weight=1.0, disc_start=10, disc_ramp_steps=4)
+    assert [loss.gan_factor(s) for s in (9, 10, 11, 13, 20)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert TokenizerLoss(disc_weight=0.0).gan_factor(100) == 0.0
+
+
+def test_ema_follows_weights():
+    module = TokenizerModule(Tokenizer(**tiny_tokenizer_config()), TokenizerLoss(), lr=1e-2, warmup_steps=1,
+                             total_steps=5, ema_decay=0.5)
+    _trainer(5).fit(module, _loader())
+    live = dict(module.tokenizer.named_parameters())
+    ema = dict(module.ema.model.named_parameters())
+    name = "encoder.layers.1.weight"
+    assert not torch.equal(live[name], ema[name])
+    assert module.ema.updates == 5
+
+
+def _compose(overrides):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        return compose(config_name="train", overrides=overrides)
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    rows = list(csv.DictReader(open(next(run_dir.glob("csv/version_*/metrics.csv")))))
+    return {int(r["step"]): float(r["train/total"]) for r in rows if r.get("train/total")}
+
+
+@pytest.mark.parametrize("data", ["synthetic"])
+def test_resume_gives_the_same_next_steps(tmp_path, data):
+    common = [
+        f"paths.root_dir={tmp_path}", f"data={data}", "trainer=cpu", "trainer.max_steps=6",
+        "trainer.log_every_n_steps=1", "trainer.val_check_interval=100", "trainer.enable_progress_bar=false",
+        "callbacks.model_checkpoint.every_n_train_steps=3", "callbacks.reconstruction_grid.every_n_steps=100",
+        "loss=vqgan", "loss.perceptual_weight=0", "loss.disc_start=2", "loss.discriminator.channels=8",
+        "model.encoder.channels=16", "model.encoder.channel_mult=[1,2]", "model.encoder.num_res_blocks=1",
+        "model.encoder.out_dim=16", "quantizer.codebook_size=64", "quantizer.restart_threshold=0.5",
+        "module.warmup_steps=2", "module.ema_decay=0.9",
+    ]
+    full = train(_compose(common + ["run_name=full"]))
+    assert full["train_steps"] == 6
+    checkpoint = tmp_path / "outputs/full/checkpoints/step0000003.ckpt"
+    resumed_dir = tmp_path / "outputs/resumed/checkpoints"
+    resumed_dir.mkdir(parents=True)
+    shutil.copy(checkpoint, resumed_dir / "last.ckpt")
+    resumed = train(_compose(common + ["run_name=resumed", "resume=auto"]))
+    assert resumed["train_steps"] == 6
+
+    a, b = _losses(tmp_path / "outputs/full"), _losses(tmp_path / "outputs/resumed")
+    assert sorted(b) == [3, 4, 5]
+    for step in (3, 4, 5):
+        assert a[step] == b[step], (step, a[step], b[step])
+    final_a = torch.load(tmp_path / "outputs/full/checkpoints/step0000006.ckpt", weights_only=False)
+    final_b = torch.load(tmp_path / "outputs/resumed/checkpoints/step0000006.ckpt", weights_only=False)
+    for key, value in final_a["state_dict"].items():
+        assert torch.equal(value, final_b["state_dict"][key]), key
+    for key, value in final_a["ema"]["weights"].items():
+        assert torch.equal(value, final_b["ema"]["weights"][key]), key
+
+
+def test_existing_run_dir_needs_resume_or_overwrite(tmp_path):
+    checkpoints = tmp_path / "outputs/x/checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last.ckpt").write_bytes(b"")
+    cfg = _compose([f"paths.root_dir={tmp_path}", "run_name=x"])
+    with pytest.raises(FileExistsError, match="resume=auto.*overwrite=true"):
+        train(cfg)

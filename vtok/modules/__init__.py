@@ -1,0 +1,1 @@
+"""Generic building blocks shared by tokenizer families."""

@@ -1,0 +1,55 @@
+"""The one interface every bottleneck shares.
+
+A quantizer maps encoder features ``z`` of shape ``(..., dim)`` (channels last, any leading shape) to
+quantized features of the same shape, discrete ``indices`` of shape ``(...)`` (``None`` for continuous
+bottlenecks), a dict of scalar losses that the trainer adds (already weighted) and a dict of detached
+statistics for logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class QuantizerOutput:
+    """What every quantizer's ``forward`` returns.
+
+    Attributes:
+        quantized: ``(..., dim)`` features after the bottleneck, carrying straight-through gradients.
+        indices: ``(...)`` long tensor of token ids, or ``None`` for continuous bottlenecks.
+        losses: scalar losses, already multiplied by their weights; the trainer sums them.
+        stats: detached scalars for logging (usage, perplexity, ...).
+    """
+
+    quantized: Tensor
+    indices: Tensor | None
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Quantizer(nn.Module):
+    """Base class: subclasses implement ``forward``, ``indices_to_codes`` and report their vocabulary.
+
+    ``codebook_size`` is ``None`` for continuous bottlenecks.
+    """
+
+    dim: int
+    codebook_size: int | None = None
+
+    @property
+    def bits_per_token(self) -> float:
+        """Bits one token carries without entropy coding (``log2(codebook_size)``), 0 when continuous."""
+        if self.codebook_size is None:
+            return 0.0
+        return float(torch.tensor(float(self.codebook_size)).log2())
+
+    def forward(self, z: Tensor) -> QuantizerOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """``(...)`` long indices -> ``(..., dim)`` quantized features, as ``forward`` would return them."""
+        raise NotImplementedError(f"{type(self).__name__} is continuous and has no indices")

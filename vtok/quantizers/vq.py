@@ -1,0 +1,194 @@
+"""Vector quantization: nearest code in a learned codebook, straight-through gradient.
+
+Options cover the variants tokenizers use: a low-dimensional lookup space (project in/out, as in ViT-VQGAN,
+LlamaGen and TiTok), l2-normalised codes (cosine distance), and dead-code restart (codes that stop being
+chosen are moved onto recent encoder outputs, identically on every rank).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Quantizer, QuantizerOutput
+from .distributed import all_reduce_sum, broadcast
+from .stats import code_counts, usage_and_perplexity
+
+
+
+def nearest_code(z: Tensor, codebook: Tensor, cosine: bool, chunk: int = 4096) -> Tensor:
+    """Index of the nearest code for each row.
+
+    Args:
+        z: ``(n, d)`` fp32 rows.
+        codebook: ``(K, d)`` fp32 codes.
+        cosine: rows and codes are unit vectors, so the nearest code is the largest dot product.
+        chunk: rows per matrix product, bounding the temporary ``(chunk, K)`` matrix.
+
+    Returns:
+        ``(n,)`` long indices.
+    """
+    out = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
+    half_sq_norms = None if cosine else 0.5 * codebook.pow(2).sum(1)
+    for start in range(0, z.shape[0], chunk):
+        block = z[start : start + chunk]
+        # argmin ||z - c||^2 = argmax (z.c - |c|^2 / 2); |z|^2 does not change the winner.
+        scores = block @ codebook.t()
+        if half_sq_norms is not None:
+            scores.sub_(half_sq_norms)
+        out[start : start + chunk] = scores.argmax(1)
+    return out
+
+
+class VectorQuantizer(Quantizer):
+    """Nearest-neighbour vector quantizer.
+
+    Args:
+        dim: feature size of the encoder output.
+        codebook_size: number of codes ``K``.
+        codebook_dim: size of the lookup space; when it differs from ``dim`` a linear layer projects in and
+            another projects out.
+        l2_normalize: normalise features and codes to unit length (cosine distance).
+        commitment_weight: weight of ``||z - sg(q)||^2`` that pulls the encoder to its codes.
+        codebook_weight: weight of ``||sg(z) - q||^2`` that pulls codes to the encoder.
+        restart_threshold: a code whose running use falls below this fraction of uniform use is dead and is
+            moved onto a random encoder output of the current batch; 0 disables restarts.
+        restart_decay: decay of the running use count (about ``1 / (1 - decay)`` batches of memory).
+        data_init: on the first training batch, place the codes on randomly chosen encoder outputs (random
+            codes far from the data otherwise collapse onto a handful of winners within a few steps).
+        kmeans_iters: Lloyd iterations run on that first batch after the random placement.
+        linear_codebook: SimVQ: codes are a frozen random basis times one learned ``codebook_dim`` square
+            matrix, so every code moves whenever any is used and the codebook cannot collapse onto a few
+            winners (data initialisation and restarts then act on the basis).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        codebook_dim: int | None = None,
+        l2_normalize: bool = True,
+        commitment_weight: float = 0.25,
+        codebook_weight: float = 1.0,
+        restart_threshold: float = 0.0,
+        restart_decay: float = 0.99,
+        data_init: bool = True,
+        kmeans_iters: int = 0,
+        linear_codebook: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim or dim
+        self.l2_normalize = l2_normalize
+        self.commitment_weight = commitment_weight
+        self.codebook_weight = codebook_weight
+        self.restart_threshold = restart_threshold
+        self.restart_decay = restart_decay
+        self.data_init = data_init
+        self.kmeans_iters = kmeans_iters
+
+        needs_projection = self.codebook_dim != dim
+        self.project_in = nn.Linear(dim, self.codebook_dim) if needs_projection else nn.Identity()
+        self.project_out = nn.Linear(self.codebook_dim, dim) if needs_projection else nn.Identity()
+        codebook = torch.randn(codebook_size, self.codebook_dim)
+        if l2_normalize:
+            codebook = F.normalize(codebook, dim=-1)
+        else:
+            codebook.mul_(self.codebook_dim**-0.5)
+        self.linear_codebook = linear_codebook
+        if linear_codebook:
+            self.register_buffer("codebook", codebook)
+            self.codebook_map = nn.Linear(self.codebook_dim, self.codebook_dim, bias=False)
+            nn.init.eye_(self.codebook_map.weight)
+        else:
+            self.codebook = nn.Parameter(codebook)
+        # Running per-batch use of each code, in units of the use a uniform codebook would get.
+        self.register_buffer("relative_use", torch.ones(codebook_size))
+        self.register_buffer("initialized", torch.tensor(not data_init))
+
+    def codes(self) -> Tensor:
+        """``(K, codebook_dim)`` codes as used for lookup."""
+        codes = self.codebook_map(self.codebook) if self.linear_codebook else self.codebook
+        return F.normalize(codes, dim=-1) if self.l2_normalize else codes
+
+    def _lookup_space(self, z: Tensor) -> Tensor:
+        z = self.project_in(z)
+        return F.normalize(z, dim=-1) if self.l2_normalize else z
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        """``(..., dim)`` features -> quantized ``(..., dim)`` and indices ``(...)``."""
+        in_dtype = z.dtype
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z_lookup = self._lookup_space(z.float())
+            flat = z_lookup.reshape(-1, self.codebook_dim)
+            if self.training and not bool(self.initialized):
+                self._init_from_data(flat.detach())
+            codes = self.codes()
+            indices = nearest_code(flat.detach(), codes.detach(), cosine=self.l2_normalize)
+            chosen = codes[indices]
+
+            losses: dict[str, Tensor] = {}
+            if self.training:
+                losses["codebook"] = self.codebook_weight * F.mse_loss(chosen, flat.detach())
+                losses["commitment"] = self.commitment_weight * F.mse_loss(flat, chosen.detach())
+            # Straight-through: the value is exactly the code (so decode(encode(x)) == decode_indices(indices)),
+            # the gradient goes to the encoder as if the bottleneck were the identity.
+            quantized = chosen.detach() + (flat - flat.detach())
+            quantized = self.project_out(quantized.view(z_lookup.shape))
+
+            counts = code_counts(indices, self.codebook_size)
+            if self.training and self.restart_threshold > 0:
+                self._restart_dead_codes(flat.detach(), counts)
+            usage, perplexity = usage_and_perplexity(counts)
+            stats = {
+                "usage_batch": usage,
+                "perplexity": perplexity,
+                "dead_codes": (self.relative_use < self.restart_threshold).sum().float(),
+            }
+        return QuantizerOutput(
+            quantized=quantized.to(in_dtype),
+            indices=indices.view(z.shape[:-1]),
+            losses=losses,
+            stats=stats,
+        )
+
+    @torch.no_grad()
+    def _init_from_data(self, flat: Tensor) -> None:
+        picks = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
+        codes = flat[picks].clone()
+        for _ in range(self.kmeans_iters):
+            assignment = nearest_code(flat, codes, cosine=self.l2_normalize)
+            sums = torch.zeros_like(codes).index_add_(0, assignment, flat)
+            counts = torch.bincount(assignment, minlength=self.codebook_size).unsqueeze(1)
+            codes = torch.where(counts > 0, sums / counts.clamp_min(1), codes)
+            if self.l2_normalize:
+                codes = torch.nn.functional.normalize(codes, dim=-1)
+        self._set_codes(torch.ones(self.codebook_size, dtype=torch.bool, device=codes.device),
+                        broadcast(codes.contiguous()))
+        self.initialized.fill_(True)
+
+    def _set_codes(self, which: Tensor, codes: Tensor) -> None:
+        """Make ``codes()[which] == codes`` (up to normalisation)."""
+        if self.linear_codebook:  # store the basis vectors that the map sends onto the codes
+            codes = torch.linalg.solve(self.codebook_map.weight.float(), codes.t().float()).t()
+        self.codebook.data[which] = codes.to(self.codebook.dtype)
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, flat: Tensor, counts: Tensor) -> None:
+        counts = all_reduce_sum(counts.clone())
+        uniform = counts.sum() / self.codebook_size
+        self.relative_use.mul_(self.restart_decay).add_((1 - self.restart_decay) * counts / uniform)
+        dead = self.relative_use < self.restart_threshold
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return
+        # Every rank samples; rank 0's choice is broadcast so that codebooks stay identical.
+        picks = torch.randint(0, flat.shape[0], (num_dead,), device=flat.device)
+        self._set_codes(dead, broadcast(flat[picks].contiguous()))
+        self.relative_use[dead] = 1.0
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """``(...)`` indices -> ``(..., dim)`` quantized features."""
+        return self.project_out(self.codes()[indices])

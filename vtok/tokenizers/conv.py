@@ -1,0 +1,109 @@
+"""Convolutional encoder and decoder on a 2D grid (VQGAN / LDM style).
+
+The encoder turns ``(B, C, H, W)`` images into a channels-last grid of features ``(B, H/f, W/f, D)`` with
+``f = patch_size * 2 ** (len(channel_mult) - 1)``; the decoder inverts it. A ``patch_size`` above 1 starts
+with a space-to-depth step (and the decoder ends with pixel shuffle), which moves the work of the first level to
+a lower resolution: on CPUs and small budgets this buys far more steps per second for little quality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vtok.modules.conv import AttnBlock, Downsample, ResBlock, Upsample, norm
+
+
+class ConvEncoder(nn.Module):
+    """Images ``(B, C, H, W)`` -> features ``(B, H/f, W/f, out_dim)``.
+
+    Args:
+        in_channels: image channels.
+        channels: width of the first level; level ``i`` has ``channels * channel_mult[i]``.
+        channel_mult: one entry per resolution level; each level but the last halves the resolution.
+        num_res_blocks: residual blocks per level.
+        attention: add self-attention blocks at the lowest resolution (costly for large grids).
+        out_dim: feature size handed to the bottleneck.
+        patch_size: space-to-depth factor applied before the first convolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        channels: int = 128,
+        channel_mult: Sequence[int] = (1, 1, 2, 2, 4),
+        num_res_blocks: int = 2,
+        attention: bool = True,
+        out_dim: int = 256,
+        patch_size: int = 1,
+    ) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.downsample_factor = patch_size * 2 ** (len(channel_mult) - 1)
+        widths = [channels * m for m in channel_mult]
+        layers: list[nn.Module] = [
+            nn.PixelUnshuffle(patch_size),
+            nn.Conv2d(in_channels * patch_size**2, widths[0], 3, padding=1),
+        ]
+        width = widths[0]
+        for level, level_width in enumerate(widths):
+            for _ in range(num_res_blocks):
+                layers.append(ResBlock(width, level_width))
+                width = level_width
+            if level < len(widths) - 1:
+                layers.append(Downsample(width))
+        layers += [ResBlock(width, width)]
+        if attention:
+            layers += [AttnBlock(width), ResBlock(width, width)]
+        layers += [norm(width), nn.SiLU(), nn.Conv2d(width, out_dim, 3, padding=1)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.layers(images).permute(0, 2, 3, 1)
+
+    def grid_shape(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """Token grid ``(h, w)`` for an image of ``(H, W)`` pixels."""
+        f = self.downsample_factor
+        return (image_size[0] // f, image_size[1] // f)
+
+
+class ConvDecoder(nn.Module):
+    """Features ``(B, h, w, in_dim)`` -> images ``(B, C, h*f, w*f)``; mirrors :class:`ConvEncoder`."""
+
+    def __init__(
+        self,
+        out_channels: int = 3,
+        channels: int = 128,
+        channel_mult: Sequence[int] = (1, 1, 2, 2, 4),
+        num_res_blocks: int = 2,
+        attention: bool = True,
+        in_dim: int = 256,
+        patch_size: int = 1,
+    ) -> None:
+        super().__init__()
+        widths = [channels * m for m in channel_mult]
+        width = widths[-1]
+        layers: list[nn.Module] = [nn.Conv2d(in_dim, width, 3, padding=1), ResBlock(width, width)]
+        if attention:
+            layers += [AttnBlock(width), ResBlock(width, width)]
+        for level in reversed(range(len(widths))):
+            for _ in range(num_res_blocks + 1):
+                layers.append(ResBlock(width, widths[level]))
+                width = widths[level]
+            if level > 0:
+                layers.append(Upsample(width))
+        self.layers = nn.Sequential(*layers)
+        self.norm_out = norm(width)
+        # The last layer's weight is what the adaptive GAN weight compares gradients on.
+        self.conv_out = nn.Conv2d(width, out_channels * patch_size**2, 3, padding=1)
+        self.to_pixels = nn.PixelShuffle(patch_size)
+
+    def forward(self, features: Tensor) -> Tensor:
+        h = self.layers(features.permute(0, 3, 1, 2))
+        return self.to_pixels(self.conv_out(F.silu(self.norm_out(h))))
+
+    @property
+    def last_layer(self) -> Tensor:
+        return self.conv_out.weight

@@ -1,0 +1,39 @@
+"""The dataclasses that cross the tokenizer API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+
+@dataclass
+class Tokens:
+    """What ``Tokenizer.encode`` returns.
+
+    Attributes:
+        indices: ``(B, *layout)`` long token ids, or ``None`` for continuous tokenizers.
+        latents: ``(B, *layout, D)`` quantized (or continuous) vectors that the decoder reads.
+        layout: token layout per image: ``(h, w)`` for a 2D grid, ``(n,)`` for a 1D sequence.
+    """
+
+    indices: Tensor | None
+    latents: Tensor
+    layout: tuple[int, ...]
+
+
+@dataclass
+class TokenizerOutput:
+    """What ``Tokenizer.forward`` returns during training.
+
+    Attributes:
+        reconstruction: ``(B, C, H, W)`` decoded images.
+        tokens: the tokens the images were encoded to.
+        losses: weighted bottleneck losses (commitment, entropy, KL, ...).
+        stats: detached statistics for logging.
+    """
+
+    reconstruction: Tensor
+    tokens: Tokens
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    stats: dict[str, Tensor] = field(default_factory=dict)

@@ -1,0 +1,202 @@
+"""The Lightning module that trains any :class:`~vtok.tokenizers.Tokenizer`.
+
+One optimiser holds two parameter groups (tokenizer, discriminator) and each step does one backward pass of
+``generator_loss + discriminator_loss``: the generator's adversarial term reads the discriminator through
+detached weights and the discriminator's term reads a detached reconstruction, so each group receives only
+its own gradient. One ``optimizer.step()`` per batch keeps ``trainer.global_step`` equal to the batch count
+(with two optimisers Lightning counts both) and DDP sees one backward per forward.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from functools import partial
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vtok.losses import TokenizerLoss
+from vtok.quantizers.distributed import all_reduce_sum
+from vtok.quantizers.stats import UsageWindow, usage_and_perplexity
+from vtok.tokenizers import Tokenizer
+
+from .ema import EMA
+from .schedule import delayed_constant, warmup_cosine
+
+
+class TokenizerModule(L.LightningModule):
+    """Trains ``tokenizer`` against ``loss``.
+
+    Args:
+        tokenizer: the model being trained.
+        loss: reconstruction/perceptual/GAN objective (owns the discriminator).
+        lr: peak learning rate of the tokenizer.
+        disc_lr: learning rate of the discriminator (defaults to ``lr``).
+        betas, weight_decay: AdamW settings (no decay on biases, norms and codebooks).
+        warmup_steps, min_lr_ratio: warm-up then cosine decay to ``min_lr_ratio * lr`` at ``total_steps``.
+        total_steps: length of the cosine schedule (usually ``trainer.max_steps``).
+        grad_clip: max gradient norm, applied to tokenizer and discriminator separately; 0 disables.
+        ema_decay: decay of the weight EMA; ``None`` or 0 disables it.
+        usage_window: batches over which codebook usage is counted for logging.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        loss: TokenizerLoss,
+        lr: float = 1e-4,
+        disc_lr: float | None = None,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 1000,
+        min_lr_ratio: float = 0.1,
+        total_steps: int = 100_000,
+        grad_clip: float = 1.0,
+        ema_decay: float | None = 0.999,
+        usage_window: int = 100,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer", "loss"])
+        self.automatic_optimization = False
+        self.tokenizer = tokenizer
+        self.loss = loss
+        self.ema = EMA(tokenizer, ema_decay) if ema_decay else None
+        size = tokenizer.vocab_size
+        self.usage = UsageWindow(size, usage_window) if size and size <= 2**20 else None
+        self._last_step_time: float | None = None
+        self._pending_rng: dict[str, Any] | None = None
+        self.train_seconds = 0.0  # wall time spent in training steps, across resumes
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def configure_optimizers(self):
+        h = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.tokenizer.named_parameters():
+            (decay if p.ndim >= 2 and "codebook" not in name else no_decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": h.weight_decay, "lr": h.lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": h.lr},
+        ]
+        lambdas = [partial(warmup_cosine, warmup_steps=h.warmup_steps, total_steps=h.total_steps,
+                           min_ratio=h.min_lr_ratio)] * 2
+        if self.loss.discriminator is not None:
+            groups.append({"params": list(self.loss.discriminator.parameters()), "weight_decay": 0.0,
+                           "lr": h.disc_lr or h.lr})
+            lambdas.append(partial(delayed_constant, start=self.loss.disc_start))
+        optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.to(self.device)
+
+    def on_train_start(self) -> None:
+        self._last_step_time = time.perf_counter()
+
+    @property
+    def eval_tokenizer(self) -> Tokenizer:
+        """The EMA weights when kept, else the live weights."""
+        return self.ema.model if self.ema is not None else self.tokenizer
+
+    # ------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self._pending_rng is not None:  # resumed: continue exactly where the saved run's RNG stood
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
+        images = batch["image"]
+        step = self.global_step
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+
+        output = self.tokenizer(images)
+        loss, logs = self.loss.generator_loss(images, output, step, self.tokenizer.last_layer)
+        if self.loss.discriminator is not None:
+            d_loss, d_logs = self.loss.discriminator_loss(images, output.reconstruction, step)
+            loss, logs = loss + d_loss, {**logs, **d_logs}
+
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.hparams.grad_clip:
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.tokenizer.parameters(), self.hparams.grad_clip)
+            if self.loss.discriminator is not None:
+                torch.nn.utils.clip_grad_norm_(self.loss.discriminator.parameters(), self.hparams.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.tokenizer)
+
+        self._log_step(images, output, logs)
+        return loss.detach()
+
+    def _log_step(self, images: Tensor, output, logs: dict[str, Tensor]) -> None:
+        logs = {f"train/{k}": v for k, v in logs.items()}
+        logs.update({f"train/{k}": v for k, v in output.stats.items()})
+        if self.usage is not None and output.tokens.indices is not None:
+            counts = torch.bincount(output.tokens.indices.reshape(-1), minlength=self.usage.codebook_size)
+            self.usage.update(all_reduce_sum(counts.float()))
+            usage, perplexity = usage_and_perplexity(self.usage.counts())
+            logs["train/codebook_usage"], logs["train/codebook_perplexity"] = usage, perplexity
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            elapsed = now - self._last_step_time
+            self.train_seconds += elapsed
+            world = self.trainer.world_size if self._trainer is not None else 1
+            logs["train/images_per_second"] = torch.tensor(images.shape[0] * world / elapsed)
+        self._last_step_time = now
+        logs["train/lr"] = torch.tensor(self.lr_schedulers().get_last_lr()[0])
+        self.log_dict(logs, on_step=True, on_epoch=False)
+        self.log("loss", logs["train/total"], prog_bar=True, on_step=True, logger=False)
+        if "train/codebook_usage" in logs:
+            self.log("usage", logs["train/codebook_usage"], prog_bar=True, on_step=True, logger=False)
+
+    # ----------------------------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images = batch["image"]
+        tokenizer = self.eval_tokenizer
+        reconstruction = tokenizer.decode(tokenizer.encode(images)).clamp(-1, 1)
+        mse = F.mse_loss(_quantize_8bit(reconstruction), _quantize_8bit(images), reduction="none").mean((1, 2, 3))
+        psnr = 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
+        self.log("val/psnr", psnr.mean(), prog_bar=True, sync_dist=True, batch_size=images.shape[0])
+
+    # ----------------------------------------------------------------------------------------- checkpoint
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokenizer_config"] = self.tokenizer.config
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+        checkpoint["rng"] = _get_rng_state()
+        checkpoint["train_seconds"] = self.train_seconds
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+        self._pending_rng = checkpoint.get("rng")
+        self.train_seconds = checkpoint.get("train_seconds", 0.0)
+
+
+def _quantize_8bit(images: Tensor) -> Tensor:
+    return images.float().add(1).mul(127.5).round().clamp(0, 255)
+
+
+def _get_rng_state() -> dict[str, Any]:
+    # Plain lists and tensors only: Lightning loads checkpoints with ``weights_only=True``.
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

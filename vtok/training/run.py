@@ -1,0 +1,101 @@
+"""``train(cfg)``: build everything a Hydra config names, fit, and optionally evaluate."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .module import TokenizerModule
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from: ``ckpt_path``, or ``last.ckpt`` of the run dir with ``resume=auto``.
+
+    Raises:
+        FileExistsError: the run dir already has checkpoints and neither resume nor overwrite was asked.
+        FileNotFoundError: ``ckpt_path`` does not exist.
+        ValueError: an unknown ``resume`` value.
+    """
+    checkpoints = Path(cfg.paths.run_dir) / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    if cfg.ckpt_path:
+        if not Path(cfg.ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
+        return str(cfg.ckpt_path)
+    if cfg.resume not in (None, "auto"):
+        raise ValueError(f"resume={cfg.resume!r}: use resume=auto, or ckpt_path=PATH for a given checkpoint")
+    if cfg.resume == "auto":
+        if last.is_file():
+            return str(last)
+        log.info("resume=auto: no %s yet, starting a new run", last)
+        return None
+    if last.is_file():
+        if not cfg.overwrite:
+            raise FileExistsError(
+                f"{checkpoints} already holds checkpoints. Continue with resume=auto, start afresh with "
+                f"overwrite=true (old checkpoints are moved aside), or pick another run_name=..."
+            )
+        aside = checkpoints.with_name(f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(checkpoints), aside)
+        log.info("overwrite=true: moved old checkpoints to %s", aside)
+    return None
+
+
+def build(cfg: DictConfig) -> tuple[TokenizerModule, L.LightningDataModule, L.Trainer]:
+    """Instantiate the module, data module and trainer a config describes."""
+    datamodule = instantiate(cfg.data)
+    tokenizer = instantiate(cfg.model)
+    loss = instantiate(cfg.loss)
+    module = TokenizerModule(tokenizer, loss, **OmegaConf.to_container(cfg.module, resolve=True))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                          default_root_dir=cfg.paths.run_dir)
+    return module, datamodule, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured tokenizer; with ``evaluate=true`` also write the evaluation report.
+
+    Returns:
+        ``{"run_dir", "checkpoint", "train_steps", "train_seconds"}`` and, when evaluated, ``"report"``.
+    """
+    L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resolve_checkpoint(cfg)
+    module, datamodule, trainer = build(cfg)
+    log.info("tokenizer: %.2f M parameters, %s tokens per %dpx image, %.2f bits per token",
+             sum(p.numel() for p in module.tokenizer.parameters()) / 1e6, module.tokenizer.num_tokens(),
+             module.tokenizer.image_size, module.tokenizer.bits_per_token)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    result: dict[str, Any] = {
+        "run_dir": str(cfg.paths.run_dir),
+        "checkpoint": str(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"),
+        "train_steps": trainer.global_step,
+        "train_seconds": module.train_seconds,
+    }
+    if cfg.evaluate and trainer.is_global_zero:
+        from vtok.eval.evaluate import evaluate_to_dir
+
+        datamodule.setup("validate")
+        report = evaluate_to_dir(
+            module.eval_tokenizer.to(module.device).eval(), datamodule.val_dataloader(), Path(cfg.paths.run_dir),
+            max_images=cfg.eval.max_images, baselines=cfg.eval.baselines,
+            extra={"train_steps": result["train_steps"], "train_seconds": result["train_seconds"],
+                   "codebook_usage_train": _float(trainer.callback_metrics.get("train/codebook_usage"))},
+        )
+        result["report"] = report
+    return result
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, torch.Tensor) or isinstance(value, (int, float)) else None
