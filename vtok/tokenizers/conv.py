@@ -27,6 +27,9 @@ class ConvEncoder(nn.Module):
         attention: add self-attention blocks at the lowest resolution (costly for large grids).
         out_dim: feature size handed to the bottleneck.
         patch_size: space-to-depth factor applied before the first convolution.
+        lowpass_skip: add a linear path from the ``f x f`` patch means to the features. With the decoder's
+            matching path the tokenizer starts out close to a patch-mean codec and the convolutions learn
+            the detail as a residual, which converges far faster on small budgets.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class ConvEncoder(nn.Module):
         attention: bool = True,
         out_dim: int = 256,
         patch_size: int = 1,
+        lowpass_skip: bool = False,
     ) -> None:
         super().__init__()
         self.out_dim = out_dim
@@ -59,9 +63,13 @@ class ConvEncoder(nn.Module):
             layers += [AttnBlock(width), ResBlock(width, width)]
         layers += [norm(width), nn.SiLU(), nn.Conv2d(width, out_dim, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
+        self.skip = nn.Conv2d(in_channels, out_dim, 1) if lowpass_skip else None
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.layers(images).permute(0, 2, 3, 1)
+        features = self.layers(images)
+        if self.skip is not None:
+            features = features + self.skip(F.avg_pool2d(images, self.downsample_factor))
+        return features.permute(0, 2, 3, 1)
 
     def grid_shape(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """Token grid ``(h, w)`` for an image of ``(H, W)`` pixels."""
@@ -70,7 +78,10 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Features ``(B, h, w, in_dim)`` -> images ``(B, C, h*f, w*f)``; mirrors :class:`ConvEncoder`."""
+    """Features ``(B, h, w, in_dim)`` -> images ``(B, C, h*f, w*f)``; mirrors :class:`ConvEncoder`.
+
+    ``lowpass_skip`` adds a 1x1 projection of the features upsampled bicubically to the output.
+    """
 
     def __init__(
         self,
@@ -81,8 +92,10 @@ class ConvDecoder(nn.Module):
         attention: bool = True,
         in_dim: int = 256,
         patch_size: int = 1,
+        lowpass_skip: bool = False,
     ) -> None:
         super().__init__()
+        self.upsample_factor = patch_size * 2 ** (len(channel_mult) - 1)
         widths = [channels * m for m in channel_mult]
         width = widths[-1]
         layers: list[nn.Module] = [nn.Conv2d(in_dim, width, 3, padding=1), ResBlock(width, width)]
@@ -99,10 +112,16 @@ class ConvDecoder(nn.Module):
         # The last layer's weight is what the adaptive GAN weight compares gradients on.
         self.conv_out = nn.Conv2d(width, out_channels * patch_size**2, 3, padding=1)
         self.to_pixels = nn.PixelShuffle(patch_size)
+        self.skip = nn.Conv2d(in_dim, out_channels, 1) if lowpass_skip else None
 
     def forward(self, features: Tensor) -> Tensor:
-        h = self.layers(features.permute(0, 3, 1, 2))
-        return self.to_pixels(self.conv_out(F.silu(self.norm_out(h))))
+        features = features.permute(0, 3, 1, 2)
+        images = self.to_pixels(self.conv_out(F.silu(self.norm_out(self.layers(features)))))
+        if self.skip is not None:
+            coarse = self.skip(features)
+            images = images + F.interpolate(coarse, scale_factor=self.upsample_factor, mode="bicubic",
+                                            align_corners=False)
+        return images
 
     @property
     def last_layer(self) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from .module import TokenizerModule
 
 log = logging.getLogger(__name__)
+
+# Checkpoints hold the state after the optimiser step of their batch: exactly what an exact resume needs.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 def resolve_checkpoint(cfg: DictConfig) -> str | None:
