@@ -1,0 +1,82 @@
+"""Lightning data module: an endless, resumable training stream and a finite validation set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from .stream import RandomSampleStream
+
+
+class TokenizerDataModule(L.LightningDataModule):
+    """Wraps any training and validation datasets that yield dicts with an ``image`` entry.
+
+    Args:
+        train: a dataset or a zero-argument factory (built in ``setup``, after ``prepare`` has run). A
+            map-style dataset is sampled endlessly by :class:`RandomSampleStream`; an iterable one
+            (e.g. :class:`~vtok.data.ShardDataset`) must be endless or long enough for ``max_steps``.
+        val: a dataset or factory for validation and evaluation; ``None`` for none.
+        batch_size: training batch per device.
+        val_batch_size: validation batch per device (1 lets images of different sizes through).
+        num_workers: data-loader worker processes.
+        prepare: called once on the main process before ``setup`` (e.g. to write sample shards).
+        seed: seed of the training stream for map-style datasets.
+        image_size: training resolution, recorded for the model config and reports.
+    """
+
+    def __init__(
+        self,
+        train: Dataset | Callable[[], Dataset],
+        val: Dataset | Callable[[], Dataset] | None = None,
+        batch_size: int = 16,
+        val_batch_size: int = 1,
+        num_workers: int = 2,
+        prepare: Callable[[], Any] | None = None,
+        seed: int = 0,
+        image_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self._train, self._val, self._prepare = train, val, prepare
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self.train_set: IterableDataset | None = None
+        self.val_set: Dataset | None = None
+        self._resume_batches = 0
+
+    def prepare_data(self) -> None:
+        if self._prepare is not None:
+            self._prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit"):
+            train = _build(self._train)
+            self.train_set = train if isinstance(train, IterableDataset) else RandomSampleStream(train, self.seed)
+        if self.val_set is None and self._val is not None:
+            self.val_set = _build(self._val)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        if hasattr(self.train_set, "resume_after"):
+            self.train_set.resume_after(self._resume_batches, self.batch_size)
+        return DataLoader(self.train_set, batch_size=self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, num_workers=min(self.num_workers, 1))
+
+    def state_dict(self) -> dict[str, Any]:
+        # One optimiser step per batch, so the global step is the number of batches this rank consumed.
+        return {"batches": self.trainer.global_step if self.trainer is not None else 0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume_batches = int(state.get("batches", 0))
+
+
+def _build(source: Any) -> Dataset:
+    return source() if callable(source) and not isinstance(source, Dataset) else source

@@ -1,0 +1,99 @@
+"""The embedded sample set: real colour photographs that ship inside PyPI packages, as WebDataset shards.
+
+Sources: ``skimage.data`` (scikit-image), ``sklearn.datasets.load_sample_images`` (scikit-learn) and
+matplotlib's ``grace_hopper.jpg``. The split is by image: a validation photo is never cropped for training.
+
+    python -m vtok.data.samples OUT_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .shards import write_shards
+
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        return getattr(skimage.data, name)()
+
+    return load
+
+
+def _sklearn(index: int) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from sklearn.datasets import load_sample_images
+
+        return load_sample_images().images[index]
+
+    return load
+
+
+def _grace_hopper() -> np.ndarray:
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        return np.asarray(Image.open(f).convert("RGB"))
+
+
+# name -> (loader, caption)
+PHOTOS: dict[str, tuple[Callable[[], np.ndarray], str]] = {
+    "astronaut": (_skimage("astronaut"), "a portrait of an astronaut in a spacesuit in front of a flag"),
+    "rocket": (_skimage("rocket"), "a rocket on a launch pad under a blue sky"),
+    "hubble_deep_field": (_skimage("hubble_deep_field"), "many galaxies on a black sky"),
+    "immunohistochemistry": (_skimage("immunohistochemistry"), "a microscope image of stained tissue"),
+    "retina": (_skimage("retina"), "a photograph of a human retina"),
+    "china": (_sklearn(0), "a chinese temple with trees"),
+    "flower": (_sklearn(1), "a close-up of a pink flower"),
+    "chelsea": (_skimage("chelsea"), "a ginger cat looking to the side"),
+    "coffee": (_skimage("coffee"), "a cup of coffee on a saucer"),
+    "grace_hopper": (_grace_hopper, "a portrait of a woman in a navy uniform"),
+}
+VALIDATION = ("chelsea", "coffee", "grace_hopper")
+TRAIN = tuple(name for name in PHOTOS if name not in VALIDATION)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array[..., :3]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def build_sample_shards(out_dir: str | Path, force: bool = False) -> Path:
+    """Write ``train-000000.tar`` and ``val-000000.tar`` into ``out_dir`` once; return ``out_dir``.
+
+    A ``manifest.json`` records the split; an existing, complete set is reused unless ``force``.
+    """
+    out_dir = Path(out_dir)
+    manifest = out_dir / "manifest.json"
+    if manifest.exists() and not force:
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, names in (("train", TRAIN), ("val", VALIDATION)):
+        items = ((name, _png(PHOTOS[name][0]()), "png", PHOTOS[name][1]) for name in names)
+        summary = write_shards(items, out_dir, prefix=split, maxcount=1000, total=len(names))
+        if summary.skipped:
+            raise RuntimeError(f"could not decode sample photos {summary.skipped}")
+    manifest.write_text(json.dumps({"train": list(TRAIN), "val": list(VALIDATION)}, indent=2))
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vtok.data.samples", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="folder for train-*.tar and val-*.tar")
+    parser.add_argument("--force", action="store_true", help="rewrite even if the shards exist")
+    args = parser.parse_args(argv)
+    print(f"sample shards in {build_sample_shards(args.out, force=args.force)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Endless random sampling from a map-style dataset, reproducible by position (so resume can skip exactly)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset, IterableDataset
+
+from .distributed import rank_and_world_size, worker_and_count
+
+
+class RandomSampleStream(IterableDataset):
+    """Yields ``dataset[i]`` for indices drawn with replacement, different on every rank and worker.
+
+    Index ``n`` of worker ``w`` on rank ``r`` is drawn from a generator seeded by ``(seed, r, w, n)``, so the
+    stream can be resumed at any position without replaying it.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+        super().__init__()
+        self.dataset, self.seed = dataset, seed
+        self.skip_batches, self.batch_size = 0, 1
+
+    def resume_after(self, batches: int, batch_size: int) -> None:
+        """Start after ``batches`` batches of ``batch_size`` already consumed on this rank."""
+        self.skip_batches, self.batch_size = batches, batch_size
+
+    def __iter__(self) -> Iterator[Any]:
+        rank, _ = rank_and_world_size()
+        worker, workers = worker_and_count()
+        position = max(0, -(-(self.skip_batches - worker) // workers)) * self.batch_size
+        while True:
+            position += 1
+            index = int(np.random.default_rng([self.seed, rank, worker, position]).integers(len(self.dataset)))
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(position)  # varies the item's own augmentation draw
+            yield self.dataset[index]

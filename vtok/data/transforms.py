@@ -1,0 +1,119 @@
+"""Decoding and cropping of single images, with per-sample random generators.
+
+Every random choice comes from a ``numpy.random.Generator`` handed in by the caller, so a data stream is a
+pure function of its seed and position (which is what makes resumed runs see the same batches).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class BadImage(ValueError):
+    """An image that cannot be decoded (zero bytes, truncated, not an image)."""
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Bytes -> RGB ``PIL.Image``; raises :class:`BadImage` for empty, truncated or unreadable data."""
+    if not data:
+        raise BadImage("zero-byte image")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # forces a full decode, so truncated files fail here and not in a worker later
+        return image.convert("RGB")
+    except Exception as error:  # PIL raises many types for corrupt data
+        raise BadImage(f"{type(error).__name__}: {error}") from error
+
+
+def to_tensor(image: Image.Image) -> Tensor:
+    """RGB ``PIL.Image`` -> ``(3, H, W)`` float tensor in ``[-1, 1]``."""
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """``(..., 3, H, W)`` floats in ``[-1, 1]`` -> uint8 in ``[0, 255]`` (rounded, clamped)."""
+    return images.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass
+class ImageTransform:
+    """Crop (and optionally flip) one image to a training or evaluation view.
+
+    Args:
+        size: output side length in pixels (ignored by ``mode="full"``).
+        mode: ``"random"`` crops at native scale after a random resize by a factor in ``resize_range``;
+            ``"random_resized"`` is the usual area-and-aspect random-resized crop with area ``scale``;
+            ``"center"`` resizes the short side to ``size`` and centre-crops; ``"full"`` keeps the whole
+            image, centre-cropped to a multiple of ``multiple``.
+        flip: random horizontal flip.
+        resize_range: resize factors for ``mode="random"``; ``(1, 1)`` keeps native resolution.
+        scale: area fraction range for ``mode="random_resized"``.
+        multiple: side lengths are cut down to a multiple of this in ``mode="full"``.
+    """
+
+    size: int = 256
+    mode: str = "random"
+    flip: bool = True
+    resize_range: tuple[float, float] = (1.0, 1.0)
+    scale: tuple[float, float] = (0.5, 1.0)
+    multiple: int = 16
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("random", "random_resized", "center", "full"):
+            raise ValueError(f"unknown crop mode {self.mode!r}; use random, random_resized, center or full")
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Tensor:
+        """RGB image -> ``(3, size, size)`` tensor in ``[-1, 1]`` (``(3, H', W')`` for ``"full"``)."""
+        if self.mode == "random":
+            image = self._random_crop(image, rng)
+        elif self.mode == "random_resized":
+            image = self._random_resized_crop(image, rng)
+        elif self.mode == "center":
+            image = self._center_crop(image)
+        else:
+            w, h = image.size
+            cw, ch = w - w % self.multiple, h - h % self.multiple
+            image = image.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+        if self.flip and rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return to_tensor(image)
+
+    def _random_crop(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        w, h = image.size
+        factor = float(rng.uniform(*self.resize_range))
+        # Never shrink below the crop size.
+        factor = max(factor, self.size / min(w, h))
+        if factor != 1.0:
+            image = image.resize((max(self.size, round(w * factor)), max(self.size, round(h * factor))), Image.BICUBIC)
+            w, h = image.size
+        left = int(rng.integers(0, w - self.size + 1))
+        top = int(rng.integers(0, h - self.size + 1))
+        return image.crop((left, top, left + self.size, top + self.size))
+
+    def _random_resized_crop(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        w, h = image.size
+        for _ in range(10):
+            area = w * h * rng.uniform(*self.scale)
+            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            cw, ch = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
+            if 0 < cw <= w and 0 < ch <= h:
+                left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+                return image.resize((self.size, self.size), Image.BICUBIC, box=(left, top, left + cw, top + ch))
+        return self._center_crop(image)
+
+    def _center_crop(self, image: Image.Image) -> Image.Image:
+        w, h = image.size
+        factor = self.size / min(w, h)
+        image = image.resize((max(self.size, round(w * factor)), max(self.size, round(h * factor))), Image.BICUBIC)
+        w, h = image.size
+        left, top = (w - self.size) // 2, (h - self.size) // 2
+        return image.crop((left, top, left + self.size, top + self.size))

@@ -1,0 +1,183 @@
+"""WebDataset reader: tar shards of images (and captions) streamed as training or evaluation samples.
+
+The stream is a pure function of ``(seed, epoch, rank, worker)``: shard choice, shuffle buffer and each
+sample's augmentation are drawn from generators seeded by those numbers. A resumed run therefore asks the
+reader to skip the samples that were already consumed (undecoded, so skipping is cheap) and sees the same
+batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from braceexpand import braceexpand
+from torch.utils.data import IterableDataset
+from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+from .distributed import rank_and_world_size, worker_and_count
+from .transforms import IMAGE_EXTENSIONS, BadImage, ImageTransform, decode_image
+
+log = logging.getLogger(__name__)
+
+_IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+
+
+def expand_urls(urls: str | list[str]) -> list[str]:
+    """Brace patterns (``train-{000000..000009}.tar``), globs and lists -> a list of shard paths.
+
+    Raises:
+        FileNotFoundError: a local path does not exist, or the list is empty.
+    """
+    patterns = [urls] if isinstance(urls, str) else list(urls)
+    out: list[str] = []
+    for pattern in patterns:
+        for url in braceexpand(str(pattern)):
+            if "://" in url or url.startswith("pipe:"):
+                out.append(url)
+            elif any(ch in url for ch in "*?["):
+                out.extend(sorted(glob.glob(url)))
+            elif os.path.exists(url):
+                out.append(url)
+            else:
+                raise FileNotFoundError(f"shard not found: {url}")
+    if not out:
+        raise FileNotFoundError(f"no shards match {urls!r}")
+    return out
+
+
+class ShardDataset(IterableDataset):
+    """Image samples from WebDataset tar shards.
+
+    Args:
+        urls: shard paths: a brace pattern, a glob, or a list of them.
+        transform: crop/flip applied to each decoded image.
+        resampled: draw shards at random with replacement forever (training); ``False`` reads each shard
+            once, split by node then by worker (evaluation).
+        shuffle_buffer: samples held for shuffling; 0 keeps shard order.
+        captions: also return ``caption`` from a ``txt`` or ``json`` (``{"caption": ...}``) member.
+        seed: base seed of every random choice.
+        epoch_length: samples each rank yields per pass (``with_epoch``); ``None`` for endless/one pass.
+        decode_cache: decoded images kept per worker, keyed by sample key; for small sets such as the
+            embedded samples, where decoding a whole photo for every small crop would dominate the step.
+
+    Yields:
+        dicts with ``image`` ``(3, H, W)`` in ``[-1, 1]``, ``key`` and, with ``captions``, ``caption``.
+    """
+
+    def __init__(
+        self,
+        urls: str | list[str],
+        transform: ImageTransform | None = None,
+        resampled: bool = True,
+        shuffle_buffer: int = 1000,
+        captions: bool = False,
+        seed: int = 0,
+        epoch_length: int | None = None,
+        decode_cache: int = 0,
+    ) -> None:
+        super().__init__()
+        self.urls = expand_urls(urls)
+        self.transform = transform or ImageTransform()
+        self.resampled = resampled
+        self.shuffle_buffer = shuffle_buffer
+        self.captions = captions
+        self.seed = seed
+        self.epoch_length = epoch_length
+        self.epoch = 0
+        self.skip_batches = 0
+        self.batch_size = 1
+        self.skipped_bad = 0
+        self.decode_cache = decode_cache
+        self._decoded: dict[str, Any] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_after(self, batches: int, batch_size: int) -> None:
+        """Make the next pass start after ``batches`` batches of ``batch_size`` already consumed on this rank."""
+        self.skip_batches, self.batch_size = batches, batch_size
+
+    def _my_shards(self, rank: int, world: int, worker: int, workers: int) -> Iterator[str]:
+        rng = np.random.default_rng([self.seed, self.epoch, rank, worker, 1])
+        if self.resampled:
+            while True:
+                yield self.urls[int(rng.integers(len(self.urls)))]
+        else:
+            for url in self.urls[rank::world][worker::workers]:
+                yield url
+
+    def _raw_samples(self, rank: int, world: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+        def count_and_continue(error: Exception) -> bool:
+            log.warning("skipping unreadable shard data: %s", error)
+            return True
+
+        streams = ({"url": url} for url in self._my_shards(rank, world, worker, workers))
+        files = tar_file_expander(url_opener(streams, handler=count_and_continue), handler=count_and_continue)
+        samples = group_by_keys(files, handler=count_and_continue)
+        if self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, rank, worker, 2])
+        buffer: list[dict[str, Any]] = []
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= self.shuffle_buffer:
+                yield buffer.pop(int(rng.integers(len(buffer))))
+        while buffer:
+            yield buffer.pop(int(rng.integers(len(buffer))))
+
+    def _decode(self, raw: dict[str, Any], image_key: str) -> Any:
+        if not self.decode_cache:
+            return decode_image(raw[image_key])
+        cache_key = f"{raw.get('__url__')}/{raw.get('__key__')}"
+        if cache_key not in self._decoded:
+            if len(self._decoded) >= self.decode_cache:
+                self._decoded.pop(next(iter(self._decoded)))
+            self._decoded[cache_key] = decode_image(raw[image_key])
+        return self._decoded[cache_key]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world = rank_and_world_size()
+        worker, workers = worker_and_count()
+        # Batches are taken from workers in turn, so worker w produced batches w, w + W, ... of the n seen.
+        skip = max(0, -(-(self.skip_batches - worker) // workers)) * self.batch_size
+        limit = None if self.epoch_length is None else -(-self.epoch_length // workers)
+        produced = position = 0
+        for raw in self._raw_samples(rank, world, worker, workers):
+            position += 1
+            if position <= skip:
+                continue
+            image_key = next((k for k in _IMAGE_KEYS if k in raw), None)
+            if image_key is None:
+                continue
+            rng = np.random.default_rng([self.seed, self.epoch, rank, worker, 3, position])
+            try:
+                image = self._decode(raw, image_key)
+            except BadImage as error:
+                self.skipped_bad += 1
+                log.warning("skipped bad image %s in %s (%s); %d skipped so far on this worker",
+                            raw.get("__key__"), raw.get("__url__"), error, self.skipped_bad)
+                continue
+            sample = {"image": self.transform(image, rng), "key": raw.get("__key__", "")}
+            if self.captions:
+                sample["caption"] = _caption(raw)
+            yield sample
+            produced += 1
+            if limit is not None and produced >= limit:
+                return
+
+
+def _caption(raw: dict[str, Any]) -> str:
+    if "txt" in raw:
+        return raw["txt"].decode("utf-8").strip()
+    if "json" in raw:
+        meta = json.loads(raw["json"])
+        caption = meta.get("caption", meta.get("captions", ""))
+        return caption[0] if isinstance(caption, list) and caption else str(caption)
+    return ""
