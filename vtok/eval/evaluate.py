@@ -22,6 +22,7 @@ from .baselines import jpeg_at_bpp, patch_mean_at_bpp
 from .metrics import psnr, ssim
 
 GRID_SIZE = 192  # side of each tile in reconstructions.png
+MAX_HISTOGRAM = 2**24  # larger codebooks report the number of distinct codes instead of usage
 
 
 @torch.no_grad()
@@ -47,7 +48,10 @@ def evaluate(
     """
     device = next(tokenizer.parameters()).device
     psnrs, ssims, originals, reconstructions, kept = [], [], [], [], []
-    counts = torch.zeros(tokenizer.vocab_size or 1, device=device)
+    # A histogram only for codebooks that fit one (LFQ/BSQ may have 2^32 implicit codes).
+    histogram = bool(tokenizer.vocab_size) and tokenizer.vocab_size <= MAX_HISTOGRAM
+    counts = torch.zeros(tokenizer.vocab_size if histogram else 1, device=device)
+    unique: set[int] = set()
     pixels = tokens = 0
     encode_time = decode_time = 0.0
     progress = tqdm(images, desc="evaluating", unit="batch", disable=None)
@@ -62,8 +66,10 @@ def evaluate(
         decode_time += time.perf_counter() - start
         psnrs += psnr(decoded, batch).tolist()
         ssims += ssim(decoded, batch).tolist()
-        if encoded.indices is not None:
+        if encoded.indices is not None and histogram:
             counts += torch.bincount(encoded.indices.reshape(-1), minlength=counts.numel()).float()
+        elif encoded.indices is not None:
+            unique.update(encoded.indices.reshape(-1).tolist())
         tokens += math.prod(encoded.layout) * batch.shape[0]
         pixels += batch.shape[0] * batch.shape[2] * batch.shape[3]
         for original, reconstruction in zip(batch, decoded):
@@ -84,11 +90,13 @@ def evaluate(
         "psnr_per_image": psnrs,
         "tokens_per_image": tokens / len(kept),
         "bits_per_token": bits_per_token,
-        "bits_per_pixel": tokens * bits_per_token / pixels,
+        "bits_per_pixel": tokens * bits_per_token / pixels,  # bits_per_token covers every code of a position
         "encode_images_per_second": len(kept) / max(encode_time, 1e-9),
         "decode_images_per_second": len(kept) / max(decode_time, 1e-9),
     }
-    if tokenizer.vocab_size:
+    if tokenizer.vocab_size and not histogram:
+        report.update({"vocab_size": tokenizer.vocab_size, "unique_codes": len(unique)})
+    elif tokenizer.vocab_size:
         usage, perplexity = usage_and_perplexity(counts)
         report.update({
             "vocab_size": tokenizer.vocab_size,

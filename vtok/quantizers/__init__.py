@@ -8,10 +8,25 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Quantizer, QuantizerOutput
+from .bernoulli import BernoulliQuantizer
+from .bsq import BSQ
+from .continuous import ContinuousBottleneck, GaussianBottleneck
+from .fsq import FSQ
+from .lfq import LFQ
+from .multi_codebook import MultiCodebookQuantizer
+from .residual import ResidualQuantizer
 from .vq import VectorQuantizer
 
 QUANTIZERS: dict[str, type[Quantizer]] = {
     "vq": VectorQuantizer,
+    "fsq": FSQ,
+    "lfq": LFQ,
+    "bsq": BSQ,
+    "bernoulli": BernoulliQuantizer,
+    "residual": ResidualQuantizer,
+    "multi_codebook": MultiCodebookQuantizer,
+    "gaussian": GaussianBottleneck,
+    "continuous": ContinuousBottleneck,
 }
 
 
@@ -24,4 +39,8 @@ def build_quantizer(config: dict[str, Any]) -> Quantizer:
     return QUANTIZERS[kind](**config)
 
 
-__all__ = ["QUANTIZERS", "Quantizer", "QuantizerOutput", "VectorQuantizer", "build_quantizer"]
+__all__ = [
+    "BSQ", "FSQ", "LFQ", "QUANTIZERS", "BernoulliQuantizer", "ContinuousBottleneck", "GaussianBottleneck",
+    "MultiCodebookQuantizer", "Quantizer", "QuantizerOutput", "ResidualQuantizer", "VectorQuantizer",
+    "build_quantizer",
+]

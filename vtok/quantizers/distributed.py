@@ -32,3 +32,17 @@ def gather_rows(rows: Tensor) -> Tensor:
     out = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
     dist.all_gather(out, rows.contiguous())
     return torch.cat(out)
+
+
+def mean_over_ranks(local_mean: Tensor, local_count: int) -> Tensor:
+    """Mean over all ranks' samples, given this rank's mean of ``local_count`` samples; differentiable.
+
+    Gradients flow back to every rank's contribution (``torch.distributed.nn`` all-reduce).
+    """
+    if not is_distributed():
+        return local_mean
+    from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+
+    counts = torch.tensor([float(local_count)], device=local_mean.device)
+    dist.all_reduce(counts)
+    return differentiable_all_reduce(local_mean * local_count) / counts

@@ -1,8 +1,10 @@
-"""Vector quantization: nearest code in a learned codebook, straight-through gradient.
+"""Vector quantization: nearest code in a learned codebook.
 
 Options cover the variants tokenizers use: a low-dimensional lookup space (project in/out, as in ViT-VQGAN,
-LlamaGen and TiTok), l2-normalised codes (cosine distance), and dead-code restart (codes that stop being
-chosen are moved onto recent encoder outputs, identically on every rank).
+LlamaGen and TiTok), l2-normalised codes (cosine distance), data / k-means initialisation, dead-code restart
+(codes that stop being chosen move onto recent encoder outputs), EMA codebook updates, SimVQ's linear codebook,
+and three gradient estimators: straight-through, the rotation trick, and IBQ's straight-through over the
+softmax of all codes. Every statistic that changes the codebook is all-reduced, so all ranks keep one codebook.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ class VectorQuantizer(Quantizer):
         linear_codebook: SimVQ: codes are a frozen random basis times one learned ``codebook_dim`` square
             matrix, so every code moves whenever any is used and the codebook cannot collapse onto a few
             winners (data initialisation and restarts then act on the basis).
+        ema_decay: update codes as exponential moving averages of their assigned features (k-means online)
+            instead of by gradient; ``None`` for gradient updates.
+        gradient: ``"ste"`` straight-through; ``"rotation"`` the rotation trick (the encoder gradient is
+            rotated and scaled like the feature-to-code map); ``"ibq"`` index backpropagation (straight-through
+            over ``softmax(z . codes)``, so every code receives gradient; costs an ``N x K`` matrix).
     """
 
     def __init__(
@@ -76,6 +83,8 @@ class VectorQuantizer(Quantizer):
         data_init: bool = True,
         kmeans_iters: int = 0,
         linear_codebook: bool = False,
+        ema_decay: float | None = None,
+        gradient: str = "ste",
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -97,8 +106,17 @@ class VectorQuantizer(Quantizer):
             codebook = F.normalize(codebook, dim=-1)
         else:
             codebook.mul_(self.codebook_dim**-0.5)
+        if gradient not in ("ste", "rotation", "ibq"):
+            raise ValueError(f"gradient={gradient!r}: use ste, rotation or ibq")
+        if ema_decay is not None and linear_codebook:
+            raise ValueError("ema_decay and linear_codebook are exclusive: EMA sets codes directly")
+        self.gradient, self.ema_decay = gradient, ema_decay
         self.linear_codebook = linear_codebook
-        if linear_codebook:
+        if ema_decay is not None:
+            self.register_buffer("codebook", codebook)
+            self.register_buffer("ema_counts", torch.ones(codebook_size))
+            self.register_buffer("ema_sums", codebook.clone())
+        elif linear_codebook:
             self.register_buffer("codebook", codebook)
             self.codebook_map = nn.Linear(self.codebook_dim, self.codebook_dim, bias=False)
             nn.init.eye_(self.codebook_map.weight)
@@ -131,14 +149,17 @@ class VectorQuantizer(Quantizer):
 
             losses: dict[str, Tensor] = {}
             if self.training:
-                losses["codebook"] = self.codebook_weight * F.mse_loss(chosen, flat.detach())
+                if self.ema_decay is None:
+                    losses["codebook"] = self.codebook_weight * F.mse_loss(chosen, flat.detach())
                 losses["commitment"] = self.commitment_weight * F.mse_loss(flat, chosen.detach())
-            # Straight-through: the value is exactly the code (so decode(encode(x)) == decode_indices(indices)),
-            # the gradient goes to the encoder as if the bottleneck were the identity.
-            quantized = chosen.detach() + (flat - flat.detach())
+            # The value is exactly the code (so decode(encode(x)) == decode_indices(indices)); only the
+            # gradient differs between estimators.
+            quantized = chosen.detach() + (self._surrogate(flat, chosen, codes, indices) - flat.detach())
             quantized = self.project_out(quantized.view(z_lookup.shape))
 
             counts = code_counts(indices, self.codebook_size)
+            if self.training and self.ema_decay is not None:
+                self._ema_update(flat.detach(), indices, counts)
             if self.training and self.restart_threshold > 0:
                 self._restart_dead_codes(flat.detach(), counts)
             usage, perplexity = usage_and_perplexity(counts)
@@ -153,6 +174,34 @@ class VectorQuantizer(Quantizer):
             losses=losses,
             stats=stats,
         )
+
+    def _surrogate(self, flat: Tensor, chosen: Tensor, codes: Tensor, indices: Tensor) -> Tensor:
+        """A function of ``flat`` (and the codes) whose gradient is the chosen estimator's."""
+        if self.gradient == "rotation" and self.training:
+            # q = scale * R z with R the rotation taking z's direction to q's, both held constant.
+            z_norm = flat.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            q_norm = chosen.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            z_hat, q_hat = (flat / z_norm).detach(), (chosen / q_norm).detach()
+            r = F.normalize(z_hat + q_hat, dim=-1)
+            rotated = flat - 2 * r * (r * flat).sum(-1, keepdim=True) + 2 * q_hat * (z_hat * flat).sum(-1, keepdim=True)
+            return (q_norm / z_norm).detach() * rotated
+        if self.gradient == "ibq" and self.training:
+            soft = torch.softmax(flat @ codes.t(), dim=-1)
+            hard = F.one_hot(indices, self.codebook_size).to(soft.dtype)
+            # equals codes[indices] in value; gradient reaches the encoder and every code through the softmax
+            return flat.detach() + (hard - soft.detach() + soft) @ codes - chosen.detach()
+        return flat
+
+    @torch.no_grad()
+    def _ema_update(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
+        sums = torch.zeros_like(self.ema_sums).index_add_(0, indices, flat.to(self.ema_sums.dtype))
+        counts, sums = all_reduce_sum(counts.clone()), all_reduce_sum(sums)
+        decay = self.ema_decay
+        self.ema_counts.mul_(decay).add_(counts, alpha=1 - decay)
+        self.ema_sums.mul_(decay).add_(sums, alpha=1 - decay)
+        total = self.ema_counts.sum()
+        smoothed = (self.ema_counts + 1e-5) / (total + self.codebook_size * 1e-5) * total  # Laplace smoothing
+        self.codebook.copy_(self.ema_sums / smoothed.unsqueeze(1))
 
     @torch.no_grad()
     def _init_from_data(self, flat: Tensor) -> None:
@@ -174,6 +223,9 @@ class VectorQuantizer(Quantizer):
         if self.linear_codebook:  # store the basis vectors that the map sends onto the codes
             codes = torch.linalg.solve(self.codebook_map.weight.float(), codes.t().float()).t()
         self.codebook.data[which] = codes.to(self.codebook.dtype)
+        if self.ema_decay is not None:
+            self.ema_counts[which] = 1.0
+            self.ema_sums[which] = codes.to(self.ema_sums.dtype)
 
     @torch.no_grad()
     def _restart_dead_codes(self, flat: Tensor, counts: Tensor) -> None:

@@ -67,7 +67,8 @@ class TokenizerModule(L.LightningModule):
         self.loss = loss
         self.ema = EMA(tokenizer, ema_decay) if ema_decay else None
         size = tokenizer.vocab_size
-        self.usage = UsageWindow(size, usage_window) if size and size <= 2**20 else None
+        # A window of per-batch histograms: only for codebooks small enough (LFQ/BSQ report per-bit stats).
+        self.usage = UsageWindow(size, usage_window) if size and size <= 2**16 else None
         self._last_step_time: float | None = None
         self._pending_rng: dict[str, Any] | None = None
         self.train_seconds = 0.0  # wall time spent in training steps, across resumes

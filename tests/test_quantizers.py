@@ -1,0 +1,179 @@
+"""Every bottleneck kind: gradients, exact index round trips, learning a toy target, entropy maths, memory."""
+
+import resource
+
+import pytest
+import torch
+
+from vtok.quantizers import QUANTIZERS, build_quantizer
+from vtok.quantizers.entropy import (
+    codebook_entropy_brute_force,
+    codebook_entropy_exact,
+    codebook_entropy_factorized,
+    per_sample_entropy,
+    per_sample_entropy_brute_force,
+)
+
+DIM = 16
+KINDS = {
+    "vq": {"codebook_size": 64, "codebook_dim": 4},
+    "vq_simvq": {"kind": "vq", "codebook_size": 64, "codebook_dim": 4, "linear_codebook": True},
+    "fsq": {"levels": [8, 5, 5, 5]},
+    "lfq": {"bits": 10},
+    "bsq": {"bits": 10},
+    "bernoulli": {"bits": 10},
+    "residual": {"depth": 3, "quantizer": {"kind": "vq", "codebook_size": 32, "codebook_dim": 4}},
+    "residual_fsq": {"kind": "residual", "depth": 2, "stage_scale": 0.25,
+                     "quantizer": {"kind": "fsq", "levels": [8, 8, 8]}},
+    "multi_codebook": {"groups": 4, "quantizer": {"kind": "vq", "codebook_size": 32}},
+    "gaussian": {},
+    "continuous": {"noise_std": 0.1},
+}
+
+
+def make(name: str):
+    config = {"kind": name, **KINDS[name]} if "kind" not in KINDS[name] else dict(KINDS[name])
+    return build_quantizer({**config, "dim": DIM})
+
+
+def test_every_registered_kind_is_covered():
+    assert {KINDS[n].get("kind", n) for n in KINDS} == set(QUANTIZERS)
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_gradients_flow_to_the_input(name):
+    q = make(name)
+    z = torch.randn(4, 6, DIM, requires_grad=True)
+    out = q(z)
+    loss = out.quantized.pow(2).mean() + sum(out.losses.values(), torch.zeros(()))
+    loss.backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert all(torch.isfinite(v) for v in out.losses.values())
+
+
+@pytest.mark.parametrize("name", [n for n in KINDS if n not in ("gaussian", "continuous")])
+def test_indices_round_trip_exactly(name):
+    q = make(name).eval()
+    z = torch.randn(3, 7, DIM)
+    out = q(z)
+    assert out.indices.dtype == torch.long
+    assert torch.equal(q.indices_to_codes(out.indices), out.quantized)
+    assert out.indices.min() >= 0 and out.indices.max() < q.codebook_size
+
+
+@pytest.mark.parametrize("name", ["fsq", "lfq", "bsq", "bernoulli"])
+def test_codes_to_indices_inverts_indices_to_codes(name):
+    q = make(name)
+    ids = torch.randint(0, q.codebook_size, (500,))
+    levels = q.indices_to_levels(ids) if name == "fsq" else torch.where(
+        __import__("vtok.quantizers.lfq", fromlist=["indices_to_bits"]).indices_to_bits(ids, q.bits), 1.0, -1.0)
+    assert torch.equal(q.codes_to_indices(levels), ids)
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_learns_a_toy_target(name):
+    """Encoder -> bottleneck -> decoder learns to reconstruct clustered data; loss falls by at least 3x.
+
+    The 16 cluster centres lie in a 3-d subspace, so a linear decoder from any bottleneck of 3 or more
+    channels can reach them.
+    """
+    torch.manual_seed(0)
+    centres = torch.randn(16, 3) @ torch.randn(3, DIM)
+    encoder, decoder = torch.nn.Linear(DIM, DIM), torch.nn.Linear(make(name).dim, DIM)
+    q = make(name)
+    params = [*encoder.parameters(), *decoder.parameters(), *q.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+
+    def loss_on(x):
+        out = q(encoder(x))
+        return torch.nn.functional.mse_loss(decoder(out.quantized), x), out
+
+    probe = centres[torch.randint(0, 16, (512,))] + 0.05 * torch.randn(512, DIM)
+    with torch.no_grad():
+        q.eval()
+        before = loss_on(probe)[0].item()
+        q.train()
+    for _ in range(300):
+        x = centres[torch.randint(0, 16, (256,))] + 0.05 * torch.randn(256, DIM)
+        rec, out = loss_on(x)
+        optimizer.zero_grad()
+        (rec + sum(out.losses.values(), torch.zeros(()))).backward()
+        optimizer.step()
+    with torch.no_grad():
+        q.eval()
+        after = loss_on(probe)[0].item()
+    assert after < before / 3, (before, after)
+
+
+def test_per_sample_entropy_factorises_exactly():
+    logits = torch.randn(64, 7, dtype=torch.float64) * 3
+    assert torch.allclose(per_sample_entropy(logits), per_sample_entropy_brute_force(logits))
+
+
+def test_chunked_codebook_entropy_is_exact_and_factorised_is_an_upper_bound():
+    logits = torch.randn(64, 8, dtype=torch.float64) * 2
+    exact = codebook_entropy_brute_force(logits)
+    assert torch.allclose(codebook_entropy_exact(logits, chunk=37), exact)
+    assert codebook_entropy_factorized(logits) >= exact - 1e-9
+
+
+def test_lfq_reports_which_entropy_it_uses():
+    assert build_quantizer({"kind": "lfq", "bits": 10}).exact_codebook_entropy
+    assert not build_quantizer({"kind": "lfq", "bits": 18}).exact_codebook_entropy
+    assert not build_quantizer({"kind": "lfq", "bits": 10, "codebook_entropy": "factorized"}).exact_codebook_entropy
+    with pytest.raises(ValueError, match="codebook_entropy"):
+        build_quantizer({"kind": "lfq", "bits": 10, "codebook_entropy": "approx"})
+
+
+@pytest.mark.parametrize("kind,bits", [("lfq", 18), ("lfq", 32), ("bsq", 32)])
+def test_huge_binary_codebooks_run_in_bounded_memory(kind, bits):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    q = build_quantizer({"kind": kind, "bits": bits, "dim": 64})
+    assert q.codebook_size == 2**bits
+    z = torch.randn(8192, 64, requires_grad=True)
+    out = q(z)
+    (out.quantized.mean() + sum(out.losses.values())).backward()
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 1024, grown_mib
+    assert out.indices.max() < 2**bits and "unique_codes_batch" in out.stats
+
+
+def test_entropy_loss_spreads_lfq_codes():
+    """With the entropy term, a collapsed start spreads over (almost) all codes; without it, few are used."""
+
+    def unique_codes(entropy_weight: float) -> int:
+        torch.manual_seed(0)
+        q = build_quantizer({"kind": "lfq", "bits": 8, "dim": 8, "entropy_weight": entropy_weight,
+                             "temperature": 0.5})
+        bias = torch.nn.Parameter(torch.full((8,), 2.0))  # every bit starts positive: one code
+        optimizer = torch.optim.Adam([bias, *q.parameters()], lr=0.05)
+        for _ in range(200):
+            out = q(0.5 * torch.randn(1024, 8) + bias)
+            optimizer.zero_grad()
+            sum(out.losses.values()).backward()
+            optimizer.step()
+        q.eval()
+        return torch.unique(q(0.5 * torch.randn(4096, 8) + bias).indices).numel()
+
+    without, with_entropy = unique_codes(0.0), unique_codes(1.0)
+    assert with_entropy >= 200  # of 256
+    assert with_entropy >= 4 * without
+
+
+def test_bernoulli_samples_in_training_and_thresholds_in_eval():
+    q = build_quantizer({"kind": "bernoulli", "bits": 64 - 1, "dim": 63})
+    z = torch.zeros(2000, 63)  # p = 0.5 everywhere
+    train_bits = q(z).indices
+    assert torch.unique(train_bits).numel() > 1900  # sampled: almost all distinct
+    q.eval()
+    assert torch.unique(q(z).indices).numel() == 1  # thresholded: all the same
+
+
+def test_gaussian_kl_is_zero_for_standard_normal_posterior():
+    q = build_quantizer({"kind": "gaussian", "dim": 8, "kl_weight": 1.0})
+    z = torch.zeros(10, 8)  # mean 0, log-variance 0
+    out = q(z)
+    assert out.indices is None and out.quantized.shape == (10, 4)
+    assert torch.isclose(out.losses["kl"], torch.tensor(0.0), atol=1e-7)
+    q.eval()
+    assert torch.equal(q(z).quantized, torch.zeros(10, 4))

@@ -1,0 +1,54 @@
+"""Bernoulli binary bottleneck (Instella-T2I): bits sampled from sigmoid probabilities while training."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import Quantizer, QuantizerOutput
+from .lfq import bits_to_indices, indices_to_bits
+
+
+class BernoulliQuantizer(Quantizer):
+    """``p = sigmoid(z / temperature)``; training samples ``b ~ Bernoulli(p)``, inference thresholds ``p > 0.5``.
+
+    The code is ``2b - 1`` with a straight-through gradient through ``p``; the auxiliary loss
+    ``aux_weight * mean(p * (1 - p))`` pushes probabilities towards 0 or 1 so that training (sampled) and
+    inference (thresholded) codes agree.
+
+    Args:
+        bits: bits per token (``codebook_size = 2^bits``).
+        dim: input feature size; projected to ``bits`` and back when different.
+        temperature: sampling temperature (lower: sharper probabilities).
+        aux_weight: weight of ``mean(p * (1 - p))``.
+    """
+
+    def __init__(self, bits: int, dim: int | None = None, temperature: float = 1.0, aux_weight: float = 0.1) -> None:
+        super().__init__()
+        self.bits, self.dim = bits, dim or bits
+        self.codebook_size = 2**bits
+        self.temperature, self.aux_weight = temperature, aux_weight
+        self.project_in = nn.Linear(self.dim, bits) if self.dim != bits else nn.Identity()
+        self.project_out = nn.Linear(bits, self.dim) if self.dim != bits else nn.Identity()
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        """``(..., dim)`` -> quantized ``(..., dim)``, indices ``(...)``."""
+        in_dtype = z.dtype
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            p = torch.sigmoid(self.project_in(z.float()) / self.temperature)
+            bits = torch.bernoulli(p.detach()).bool() if self.training else p > 0.5
+            hard = bits.float()
+            code = 2 * (hard + (p - p.detach())) - 1  # value 2b - 1, gradient through p
+            losses = {"binary": self.aux_weight * (p * (1 - p)).mean()} if self.training else {}
+            stats = {"bit_imbalance": (2 * hard.reshape(-1, self.bits).mean(0) - 1).abs().mean(),
+                     "mean_uncertainty": (p * (1 - p)).mean().detach()}
+            quantized = self.project_out(code)
+        return QuantizerOutput(quantized.to(in_dtype), bits_to_indices(bits), losses, stats)
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """``(...)`` ids -> ``(..., dim)`` quantized features."""
+        return self.project_out(indices_to_bits(indices, self.bits).float() * 2 - 1)
+
+    def codes_to_indices(self, codes: Tensor) -> Tensor:
+        """``(..., bits)`` codes in ``{-1, 1}`` -> ids."""
+        return bits_to_indices(codes > 0)

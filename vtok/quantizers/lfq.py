@@ -1,0 +1,143 @@
+"""Lookup-free quantization (LFQ, MAGVIT-v2): the sign of each of ``bits`` channels is the code.
+
+The implicit codebook has ``2^bits`` entries and is never materialised. Entropy losses use the factorisation
+in :mod:`vtok.quantizers.entropy`: the per-sample term is exact at any size; the codebook term is exact by
+chunks up to ``exact_entropy_max_bits`` and the factorised upper bound beyond (or always, if asked).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Quantizer, QuantizerOutput
+from .entropy import codebook_entropy_exact, codebook_entropy_factorized, per_sample_entropy
+from .stats import code_counts, usage_and_perplexity
+
+
+def bits_to_indices(bits: Tensor) -> Tensor:
+    """``(..., d)`` booleans (bit ``i`` has weight ``2^i``) -> ``(...)`` long ids; ``d <= 63``."""
+    weights = 2 ** torch.arange(bits.shape[-1], device=bits.device, dtype=torch.long)
+    return (bits.long() * weights).sum(-1)
+
+
+def indices_to_bits(indices: Tensor, bits: int) -> Tensor:
+    """``(...)`` long ids -> ``(..., bits)`` booleans."""
+    weights = 2 ** torch.arange(bits, device=indices.device, dtype=torch.long)
+    return (indices.unsqueeze(-1) & weights) > 0
+
+
+class LFQ(Quantizer):
+    """Binary quantizer with entropy regularisation.
+
+    Args:
+        bits: code bits per token (``codebook_size = 2^bits``; up to 63).
+        dim: input feature size; projected to ``bits`` and back when different.
+        commitment_weight: weight of ``||z - sg(q)||^2`` (MAGVIT-v2: 0.25).
+        entropy_weight: weight of ``E[H(p_n)] - diversity_gamma * H(E[p_n])`` (MAGVIT-v2: 0.1).
+        diversity_gamma: weight of the codebook (batch) entropy inside the entropy loss.
+        temperature: softmax temperature of the code distribution ``p_n(c) ~ exp(-||z_n - c||^2 / T)``.
+        codebook_entropy: ``"auto"`` (exact up to ``exact_entropy_max_bits``, factorised beyond),
+            ``"exact"`` or ``"factorized"``.
+        entropy_anneal_steps: the entropy weight starts at ``entropy_anneal_start`` times its value and
+            reaches it linearly after this many training steps (0: constant).
+        spherical: BSQ: project onto the unit sphere and use codes ``+-1/sqrt(bits)``.
+    """
+
+    def __init__(
+        self,
+        bits: int,
+        dim: int | None = None,
+        commitment_weight: float = 0.25,
+        entropy_weight: float = 0.1,
+        diversity_gamma: float = 1.0,
+        temperature: float = 0.01,
+        codebook_entropy: str = "auto",
+        exact_entropy_max_bits: int = 12,
+        entropy_anneal_steps: int = 0,
+        entropy_anneal_start: float = 3.0,
+        spherical: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 1 <= bits <= 63:
+            raise ValueError(f"bits={bits}: use 1..63 (indices are int64)")
+        if codebook_entropy not in ("auto", "exact", "factorized"):
+            raise ValueError(f"codebook_entropy={codebook_entropy!r}: use auto, exact or factorized")
+        self.bits, self.dim = bits, dim or bits
+        self.codebook_size = 2**bits
+        self.commitment_weight, self.entropy_weight = commitment_weight, entropy_weight
+        self.diversity_gamma, self.temperature = diversity_gamma, temperature
+        self.codebook_entropy = codebook_entropy
+        self.exact_entropy_max_bits = exact_entropy_max_bits
+        self.entropy_anneal_steps, self.entropy_anneal_start = entropy_anneal_steps, entropy_anneal_start
+        self.spherical = spherical
+        self.scale = 1 / math.sqrt(bits) if spherical else 1.0
+        self.project_in = nn.Linear(self.dim, bits) if self.dim != bits else nn.Identity()
+        self.project_out = nn.Linear(bits, self.dim) if self.dim != bits else nn.Identity()
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    @property
+    def exact_codebook_entropy(self) -> bool:
+        """Whether the codebook entropy term is computed exactly (else: factorised upper bound)."""
+        if self.codebook_entropy == "auto":
+            return self.bits <= self.exact_entropy_max_bits
+        return self.codebook_entropy == "exact"
+
+    def current_entropy_weight(self) -> float:
+        if self.entropy_anneal_steps <= 0:
+            return self.entropy_weight
+        progress = min(1.0, float(self.steps) / self.entropy_anneal_steps)
+        return self.entropy_weight * (self.entropy_anneal_start + (1 - self.entropy_anneal_start) * progress)
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        """``(..., dim)`` -> quantized ``(..., dim)``, indices ``(...)``."""
+        in_dtype = z.dtype
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            u = self.project_in(z.float())
+            if self.spherical:
+                u = F.normalize(u, dim=-1)
+            positive = u > 0
+            codes = torch.where(positive, self.scale, -self.scale)
+            quantized = codes + (u - u.detach())  # value exactly the code, identity gradient
+            indices = bits_to_indices(positive)
+
+            losses: dict[str, Tensor] = {}
+            flat = u.reshape(-1, self.bits)
+            if self.training:
+                self.steps += 1
+                losses["commitment"] = self.commitment_weight * F.mse_loss(u, codes.detach())
+                weight = self.current_entropy_weight()
+                if weight > 0:
+                    # ||u - c||^2 differs by 4 * scale * u_i between c_i = +scale and c_i = -scale.
+                    logits = 4 * self.scale * flat / self.temperature
+                    sample_h = per_sample_entropy(logits)
+                    codebook_h = (codebook_entropy_exact(logits) if self.exact_codebook_entropy
+                                  else codebook_entropy_factorized(logits))
+                    losses["entropy"] = weight * (sample_h - self.diversity_gamma * codebook_h)
+            stats = self._stats(positive.reshape(-1, self.bits), indices)
+            quantized = self.project_out(quantized)
+        return QuantizerOutput(quantized.to(in_dtype), indices, losses, stats)
+
+    @torch.no_grad()
+    def _stats(self, bits: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        ones = bits.float().mean(0)
+        stats = {
+            # 0 when every bit is on half the time, 1 when every bit is constant
+            "bit_imbalance": (2 * ones - 1).abs().mean(),
+            "unique_codes_batch": torch.tensor(float(torch.unique(indices).numel())),
+        }
+        if self.codebook_size <= 2**20:
+            stats["usage_batch"], stats["perplexity"] = usage_and_perplexity(code_counts(indices, self.codebook_size))
+        return stats
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """``(...)`` ids -> ``(..., dim)`` quantized features."""
+        bits = indices_to_bits(indices, self.bits)
+        return self.project_out(torch.where(bits, self.scale, -self.scale).float())
+
+    def codes_to_indices(self, codes: Tensor) -> Tensor:
+        """``(..., bits)`` codes (before the output projection) -> ids."""
+        return bits_to_indices(codes > 0)
