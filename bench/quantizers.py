@@ -2,8 +2,9 @@
 
     THP_MEM_ALLOC_ENABLE=1 python bench/quantizers.py [--repeats 5] [--cases vq16k,fsq]
 
-Each case runs forward + backward in training mode on 8,192 tokens, in a fresh process per implementation so
-that peak memory (growth of the resident set over the process's baseline) belongs to that case alone. Reported:
+Each case runs forward + backward in training mode on 8,192 tokens, in a fresh process per implementation;
+peak memory is the growth of the resident set's high-water mark (reset just before the first pass) over the
+resident set at that moment, so it counts the case's own temporaries and nothing imported before. Reported:
 median time, peak memory, ratios (peer / vtok), and the fraction of this machine's measured fp32 matmul rate
 that the case's nominal FLOPs reach.
 """
@@ -20,6 +21,7 @@ import sys
 import time
 
 TOKENS = 8192
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 # name: (vtok config, peer constructor source, input dim, nominal FLOPs of the forward matmul-like work)
 CASES = {
@@ -55,8 +57,19 @@ CASES = {
 }
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _reset_peak() -> float:
+    """Reset the resident-set high-water mark (Linux) and return the current resident set in MiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mib("VmRSS")
 
 
 def run_one(case: str, impl: str, repeats: int) -> dict:
@@ -89,7 +102,7 @@ def run_one(case: str, impl: str, repeats: int) -> dict:
             loss.backward()
 
     z = torch.randn(1, TOKENS, dim)
-    baseline = _rss_mib()
+    baseline = _reset_peak()
     times = []
     try:
         for i in range(repeats + 1):
@@ -100,7 +113,7 @@ def run_one(case: str, impl: str, repeats: int) -> dict:
                 times.append(time.perf_counter() - start)
     except RuntimeError as error:  # out of memory and similar
         return {"error": f"{type(error).__name__}: {str(error)[:200]}"}
-    return {"seconds": statistics.median(times), "peak_mib": _rss_mib() - baseline}
+    return {"seconds": statistics.median(times), "peak_mib": _status_mib("VmHWM") - baseline}
 
 
 def matmul_gflops() -> float:

@@ -18,6 +18,9 @@ DIM = 16
 KINDS = {
     "vq": {"codebook_size": 64, "codebook_dim": 4},
     "vq_simvq": {"kind": "vq", "codebook_size": 64, "codebook_dim": 4, "linear_codebook": True},
+    "vq_rotation": {"kind": "vq", "codebook_size": 64, "codebook_dim": 4, "gradient": "rotation"},
+    "vq_ibq": {"kind": "vq", "codebook_size": 64, "codebook_dim": 4, "gradient": "ibq"},
+    "vq_ema": {"kind": "vq", "codebook_size": 64, "codebook_dim": 4, "ema_decay": 0.9, "l2_normalize": False},
     "fsq": {"levels": [8, 5, 5, 5]},
     "lfq": {"bits": 10},
     "bsq": {"bits": 10},
@@ -177,3 +180,43 @@ def test_gaussian_kl_is_zero_for_standard_normal_posterior():
     assert torch.isclose(out.losses["kl"], torch.tensor(0.0), atol=1e-7)
     q.eval()
     assert torch.equal(q(z).quantized, torch.zeros(10, 4))
+
+
+def test_ibq_sends_gradient_to_every_code_and_ste_only_to_chosen_ones():
+    z = torch.randn(32, DIM)
+    grads = {}
+    for gradient in ("ste", "ibq"):
+        torch.manual_seed(0)
+        q = build_quantizer({"kind": "vq", "dim": DIM, "codebook_size": 256, "codebook_dim": 4,
+                             "gradient": gradient, "data_init": False, "codebook_weight": 0.0})
+        q(z).quantized.pow(2).sum().backward()
+        grads[gradient] = q.codebook.grad
+    assert grads["ste"] is None  # no codebook loss: straight-through leaves the codebook without gradient
+    assert (grads["ibq"].abs().sum(1) > 0).float().mean() == 1.0
+
+
+def test_rotation_trick_changes_the_encoder_gradient_but_not_the_value():
+    z = torch.randn(64, DIM)
+    outs = {}
+    for gradient in ("ste", "rotation"):
+        torch.manual_seed(0)
+        q = build_quantizer({"kind": "vq", "dim": DIM, "codebook_size": 32, "codebook_dim": 4,
+                             "gradient": gradient, "l2_normalize": False, "data_init": False})
+        x = z.clone().requires_grad_()
+        out = q(x)
+        out.quantized.pow(2).sum().backward()
+        outs[gradient] = (out.quantized.detach(), x.grad)
+    assert torch.equal(outs["ste"][0], outs["rotation"][0])
+    assert not torch.allclose(outs["ste"][1], outs["rotation"][1])
+
+
+def test_ema_codebook_moves_to_the_data_without_gradients():
+    torch.manual_seed(0)
+    q = build_quantizer({"kind": "vq", "dim": 4, "codebook_size": 8, "ema_decay": 0.5, "l2_normalize": False,
+                         "data_init": False})
+    data = torch.randn(512, 4) * 0.1 + 3.0
+    for _ in range(20):
+        q(data)
+    used = torch.unique(q.eval()(data).indices)
+    assert (q.codebook[used] - 3.0).abs().max() < 0.5
+    assert not any(p.requires_grad for n, p in q.named_parameters() if "codebook" in n)

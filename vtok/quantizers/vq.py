@@ -154,7 +154,8 @@ class VectorQuantizer(Quantizer):
                 losses["commitment"] = self.commitment_weight * F.mse_loss(flat, chosen.detach())
             # The value is exactly the code (so decode(encode(x)) == decode_indices(indices)); only the
             # gradient differs between estimators.
-            quantized = chosen.detach() + (self._surrogate(flat, chosen, codes, indices) - flat.detach())
+            surrogate = self._surrogate(flat, chosen, codes, indices)
+            quantized = chosen.detach() + (surrogate - surrogate.detach())
             quantized = self.project_out(quantized.view(z_lookup.shape))
 
             counts = code_counts(indices, self.codebook_size)
@@ -176,7 +177,8 @@ class VectorQuantizer(Quantizer):
         )
 
     def _surrogate(self, flat: Tensor, chosen: Tensor, codes: Tensor, indices: Tensor) -> Tensor:
-        """A function of ``flat`` (and the codes) whose gradient is the chosen estimator's."""
+        """A function of ``flat`` (and the codes) whose gradient is the chosen estimator's; only its gradient
+        is used (the output's value is always exactly the code)."""
         if self.gradient == "rotation" and self.training:
             # q = scale * R z with R the rotation taking z's direction to q's, both held constant.
             z_norm = flat.norm(dim=-1, keepdim=True).clamp_min(1e-6)
@@ -188,8 +190,8 @@ class VectorQuantizer(Quantizer):
         if self.gradient == "ibq" and self.training:
             soft = torch.softmax(flat @ codes.t(), dim=-1)
             hard = F.one_hot(indices, self.codebook_size).to(soft.dtype)
-            # equals codes[indices] in value; gradient reaches the encoder and every code through the softmax
-            return flat.detach() + (hard - soft.detach() + soft) @ codes - chosen.detach()
+            # gradient reaches the encoder and every code through the softmax
+            return (hard - soft.detach() + soft) @ codes
         return flat
 
     @torch.no_grad()
