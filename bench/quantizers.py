@@ -147,7 +147,7 @@ def main() -> None:
 
     peak = matmul_gflops()
     print(f"fp32 matmul 4096^3: {peak:.0f} GFLOP/s; torch threads {__import__('torch').get_num_threads()}")
-    print(f"| case | vtok s | peer s | speed-up | vtok MiB | peer MiB | memory ratio | vtok % of matmul peak |")
+    print("| case | vtok s | peer s | speed-up | vtok MiB | peer MiB | memory ratio | vtok % of matmul peak |")
     print("|---|---|---|---|---|---|---|---|")
     for case in args.cases.split(","):
         results = {}

@@ -9,7 +9,6 @@ backbone unless ``random_backbone=True`` is asked for explicitly (wiring tests o
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vtok.quantizers import build_quantizer
+from vtok.quantizers import QuantizerOutput, build_quantizer
 
 from .conv import ConvDecoder, ConvEncoder
 from .tokens import TokenizerOutput, Tokens
@@ -93,18 +93,19 @@ class Tokenizer(nn.Module):
         size = (size, size) if isinstance(size, int) else tuple(size)
         return int(torch.tensor(self.encoder.grid_shape(size)).prod())
 
-    def forward(self, images: Tensor) -> TokenizerOutput:
-        """``(B, C, H, W)`` images -> reconstruction, tokens, bottleneck losses and stats."""
+    def _tokenize(self, images: Tensor) -> tuple[Tokens, QuantizerOutput]:
         features = self.encoder(images)
         q = self.quantizer(features)
-        tokens = Tokens(indices=q.indices, latents=q.quantized, layout=tuple(features.shape[1:-1]))
-        return TokenizerOutput(self.decoder(q.quantized), tokens, q.losses, q.stats)
+        return Tokens(indices=q.indices, latents=q.quantized, layout=tuple(features.shape[1:-1])), q
+
+    def forward(self, images: Tensor) -> TokenizerOutput:
+        """``(B, C, H, W)`` images -> reconstruction, tokens, bottleneck losses and stats."""
+        tokens, q = self._tokenize(images)
+        return TokenizerOutput(self.decoder(tokens.latents), tokens, q.losses, q.stats)
 
     def encode(self, images: Tensor) -> Tokens:
         """``(B, C, H, W)`` images in ``[-1, 1]`` -> tokens (indices ``(B, *layout)``, latents ``(B, *layout, D)``)."""
-        features = self.encoder(images)
-        q = self.quantizer(features)
-        return Tokens(indices=q.indices, latents=q.quantized, layout=tuple(features.shape[1:-1]))
+        return self._tokenize(images)[0]
 
     def decode(self, tokens: Tokens) -> Tensor:
         """Tokens -> ``(B, C, H, W)`` images in about ``[-1, 1]``."""
