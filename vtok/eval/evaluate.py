@@ -1,4 +1,8 @@
-"""Evaluate a tokenizer on a set of images: quality, codebook statistics, rate, and codec baselines."""
+"""Evaluate a tokenizer on a set of images: quality, codebook statistics, rate, speed, and codec baselines.
+
+Each rank measures its share of the images; per-image values, code counts and timings are gathered over DDP
+ranks (rFID statistics are summed by torchmetrics), so the report is the same as one process over all images.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -19,7 +24,9 @@ from vtok.tokenizers import Tokenizer
 from vtok.training.callbacks import image_grid
 
 from .baselines import jpeg_at_bpp, patch_mean_at_bpp
+from .fid import FIDMeter
 from .metrics import psnr, ssim
+from .token_budget import TokenBudgetMeter, plot_quality_vs_tokens
 
 GRID_SIZE = 192  # side of each tile in reconstructions.png
 MAX_HISTOGRAM = 2**24  # larger codebooks report the number of distinct codes instead of usage
@@ -31,86 +38,126 @@ def evaluate(
     images: Iterable[dict[str, Any]],
     max_images: int | None = None,
     baselines: bool = True,
+    baseline_max_images: int = 64,
     grid_images: int = 8,
+    fid: FIDMeter | None = None,
+    lpips: torch.nn.Module | None = None,
+    target_psnr: float | None = None,
 ) -> tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]:
     """Reconstruct each image and measure it.
 
     Args:
         tokenizer: the model, in eval mode.
-        images: samples with ``image`` ``(3, H, W)`` or ``(B, 3, H, W)`` in ``[-1, 1]``.
-        max_images: stop after this many images.
-        baselines: also run JPEG and the patch-mean tokenizer at the tokenizer's bits per pixel.
+        images: samples with ``image`` ``(3, H, W)`` or ``(B, 3, H, W)`` in ``[-1, 1]`` (this rank's share).
+        max_images: stop after this many images (per rank).
+        baselines: also run JPEG and the patch-mean tokenizer at the tokenizer's bits per pixel (on up to
+            ``baseline_max_images`` images of rank 0: both search settings per image, which is slow).
         grid_images: how many originals/reconstructions to keep for the picture.
+        fid: an rFID accumulator; ``None`` skips rFID.
+        lpips: an LPIPS network ``(x, y) -> (B,)``; ``None`` skips LPIPS.
+        target_psnr: for flexible 1D tokenizers, also report the per-image adaptive token count for this PSNR.
 
     Returns:
         ``(report, originals, reconstructions)``; the report holds per-set means (``psnr``, ``ssim``,
-        ``bits_per_pixel``, ...), codebook statistics and the baselines.
+        ``bits_per_pixel``, ...), codebook statistics, rFID/LPIPS when asked, and the baselines.
     """
     device = next(tokenizer.parameters()).device
-    psnrs, ssims, originals, reconstructions, kept = [], [], [], [], []
+    values: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
+    originals, reconstructions, kept = [], [], []
     # A histogram only for codebooks that fit one (LFQ/BSQ may have 2^32 implicit codes).
     histogram = bool(tokenizer.vocab_size) and tokenizer.vocab_size <= MAX_HISTOGRAM
-    counts = torch.zeros(tokenizer.vocab_size if histogram else 1, device=device)
+    counts = torch.zeros(tokenizer.vocab_size if histogram else 1, device=device, dtype=torch.float64)
     unique: set[int] = set()
-    pixels = tokens = 0
-    encode_time = decode_time = 0.0
-    progress = tqdm(images, desc="evaluating", unit="batch", disable=None)
-    for sample in progress:
+    totals = {"images": 0, "pixels": 0, "tokens": 0, "encode_seconds": 0.0, "decode_seconds": 0.0}
+    budget = TokenBudgetMeter(tokenizer, target_psnr) if tokenizer.flexible else None
+    for sample in tqdm(images, desc="evaluating", unit="batch", disable=None):
         batch = sample["image"]
         batch = (batch[None] if batch.ndim == 3 else batch).to(device)
         start = time.perf_counter()
         encoded = tokenizer.encode(batch)
-        encode_time += time.perf_counter() - start
+        _sync(device)
+        totals["encode_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
         decoded = tokenizer.decode(encoded).clamp(-1, 1)
-        decode_time += time.perf_counter() - start
-        psnrs += psnr(decoded, batch).tolist()
-        ssims += ssim(decoded, batch).tolist()
+        _sync(device)
+        totals["decode_seconds"] += time.perf_counter() - start
+        values["psnr"] += psnr(decoded, batch).tolist()
+        values["ssim"] += ssim(decoded, batch).tolist()
+        if lpips is not None:
+            values["lpips"] += lpips(decoded, batch).tolist()
+        if fid is not None:
+            fid.update(batch, decoded)
+        if budget is not None:
+            budget.update(batch)
         if encoded.indices is not None and histogram:
-            counts += torch.bincount(encoded.indices.reshape(-1), minlength=counts.numel()).float()
+            counts += torch.bincount(encoded.indices.reshape(-1), minlength=counts.numel()).double()
         elif encoded.indices is not None:
             unique.update(encoded.indices.reshape(-1).tolist())
-        tokens += math.prod(encoded.layout) * batch.shape[0]
-        pixels += batch.shape[0] * batch.shape[2] * batch.shape[3]
+        totals["images"] += batch.shape[0]
+        totals["tokens"] += math.prod(encoded.layout) * batch.shape[0]
+        totals["pixels"] += batch.shape[0] * batch.shape[2] * batch.shape[3]
         for original, reconstruction in zip(batch, decoded):
-            kept.append(original.cpu())
+            if len(kept) < baseline_max_images:
+                kept.append(original.cpu())
             if len(originals) < grid_images:
                 originals.append(original.cpu())
                 reconstructions.append(reconstruction.cpu())
-        if max_images is not None and len(kept) >= max_images:
+        if max_images is not None and totals["images"] >= max_images:
             break
-    if not kept:
+
+    # Gather this rank's share with the others'.
+    values = {k: _gather_list(v) for k, v in values.items()}
+    totals = {k: sum(_gather_list([v])) for k, v in totals.items()}
+    if not totals["images"]:
         raise ValueError("evaluation set is empty")
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(counts)
+    unique = set().union(*_gather_list([unique]))
 
     bits_per_token = tokenizer.bits_per_token
+    n = totals["images"]
     report: dict[str, Any] = {
-        "num_images": len(kept),
-        "psnr": float(np.mean(psnrs)),
-        "ssim": float(np.mean(ssims)),
-        "psnr_per_image": psnrs,
-        "tokens_per_image": tokens / len(kept),
+        "num_images": n,
+        "psnr": float(np.mean(values["psnr"])),
+        "ssim": float(np.mean(values["ssim"])),
+        "lpips": float(np.mean(values["lpips"])) if values["lpips"] else None,
+        "rfid": fid.compute() if fid is not None else None,
+        "psnr_per_image": values["psnr"],
+        "tokens_per_image": totals["tokens"] / n,
         "bits_per_token": bits_per_token,
-        "bits_per_pixel": tokens * bits_per_token / pixels,  # bits_per_token covers every code of a position
-        "encode_images_per_second": len(kept) / max(encode_time, 1e-9),
-        "decode_images_per_second": len(kept) / max(decode_time, 1e-9),
+        "bits_per_image": totals["tokens"] * bits_per_token / n,
+        "bits_per_pixel": totals["tokens"] * bits_per_token / totals["pixels"],  # bits_per_token covers every code
+        # Per-rank seconds summed: images/s of one device.
+        "encode_images_per_second": n / max(totals["encode_seconds"], 1e-9),
+        "decode_images_per_second": n / max(totals["decode_seconds"], 1e-9),
+        "vocab_size": tokenizer.vocab_size,
     }
     if tokenizer.vocab_size and not histogram:
-        report.update({"vocab_size": tokenizer.vocab_size, "unique_codes": len(unique)})
+        report["unique_codes"] = len(unique)
     elif tokenizer.vocab_size:
-        usage, perplexity = usage_and_perplexity(counts)
+        usage, perplexity = usage_and_perplexity(counts.float())
+        p = counts[counts > 0] / counts.sum()
         report.update({
-            "vocab_size": tokenizer.vocab_size,
             "codebook_usage": float(usage),
             "perplexity": float(perplexity),
+            "entropy_bits": float(-(p * p.log2()).sum()),
             # With n tokens drawn uniformly from K codes, only K(1 - exp(-n/K)) distinct codes are expected.
-            "codebook_usage_uniform_bound": float(1 - math.exp(-tokens / tokenizer.vocab_size)),
+            "codebook_usage_uniform_bound": float(1 - math.exp(-totals["tokens"] / tokenizer.vocab_size)),
         })
-    if baselines and report["bits_per_pixel"] > 0:
+    if budget is not None:
+        budget.psnr = {k: _gather_list(v) for k, v in budget.psnr.items()}
+        budget.adaptive_tokens = _gather_list(budget.adaptive_tokens)
+        budget.adaptive_psnr = _gather_list(budget.adaptive_psnr)
+        report.update(budget.report())
+    if baselines and report["bits_per_pixel"] > 0 and kept and _rank() == 0:
         for name, result in (("jpeg", jpeg_at_bpp(kept, report["bits_per_pixel"])),
                              ("patch_mean", patch_mean_at_bpp(kept, report["bits_per_pixel"]))):
-            report[name] = {"psnr": result.psnr, "bits_per_pixel": result.bits_per_pixel, "setting": result.setting}
-        report["psnr_margin_over_patch_mean"] = report["psnr"] - report["patch_mean"]["psnr"]
-        report["psnr_margin_over_jpeg"] = report["psnr"] - report["jpeg"]["psnr"]
+            report[name] = {"psnr": result.psnr, "bits_per_pixel": result.bits_per_pixel, "setting": result.setting,
+                            "num_images": len(kept)}
+        # Margins on the images the baselines saw: rank 0's first images, which lead the gathered list.
+        ours = float(np.mean(values["psnr"][: len(kept)]))
+        report["psnr_margin_over_patch_mean"] = ours - report["patch_mean"]["psnr"]
+        report["psnr_margin_over_jpeg"] = ours - report["jpeg"]["psnr"]
     return report, originals, reconstructions
 
 
@@ -121,18 +168,49 @@ def evaluate_to_dir(
     max_images: int | None = None,
     baselines: bool = True,
     extra: dict[str, Any] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """Run :func:`evaluate` and write ``report.json`` and ``reconstructions.png`` into ``out_dir``."""
+    """Run :func:`evaluate` and write ``report.json``, ``reconstructions.png`` (and for flexible tokenizers
+    ``quality_vs_tokens.png``) into ``out_dir``; ``kwargs`` go to :func:`evaluate`. Rank 0 writes."""
     tokenizer.eval()
-    report, originals, reconstructions = evaluate(tokenizer, images, max_images=max_images, baselines=baselines)
+    report, originals, reconstructions = evaluate(tokenizer, images, max_images=max_images, baselines=baselines,
+                                                  **kwargs)
     report.update(extra or {})
+    if _rank() != 0:
+        return report
     out_dir.mkdir(parents=True, exist_ok=True)
     grid_path = out_dir / "reconstructions.png"
     image_grid(torch.stack([_tile(x) for x in originals]), torch.stack([_tile(x) for x in reconstructions])).save(grid_path)
+    report["reconstructions_path"] = str(grid_path)
+    if "psnr_vs_tokens" in report:
+        report["quality_vs_tokens_path"] = str(plot_quality_vs_tokens(report["psnr_vs_tokens"],
+                                                                      out_dir / "quality_vs_tokens.png"))
     report_path = out_dir / "report.json"
-    report["report_path"], report["reconstructions_path"] = str(report_path), str(grid_path)
+    report["report_path"] = str(report_path)
     report_path.write_text(json.dumps(report, indent=2))
     return report
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather_list(values: list) -> list:
+    """Concatenate a list over ranks (rank order); the list itself without DDP."""
+    if _world() == 1:
+        return list(values)
+    gathered: list[list] = [None] * _world()  # type: ignore[list-item]
+    dist.all_gather_object(gathered, list(values))
+    return [v for part in gathered for v in part]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _tile(image: torch.Tensor) -> torch.Tensor:

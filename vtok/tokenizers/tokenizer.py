@@ -19,10 +19,13 @@ from torch import Tensor, nn
 from vtok.quantizers import QuantizerOutput, build_quantizer
 
 from .conv import ConvDecoder, ConvEncoder
+from .expander import EXPANDERS
+from .latent_tokens import LatentTokenDecoder, LatentTokenEncoder
 from .tokens import TokenizerOutput, Tokens
+from .vit import ViTDecoder, ViTEncoder
 
-ENCODERS: dict[str, type[nn.Module]] = {"conv": ConvEncoder}
-DECODERS: dict[str, type[nn.Module]] = {"conv": ConvDecoder}
+ENCODERS: dict[str, type[nn.Module]] = {"conv": ConvEncoder, "vit": ViTEncoder, "latent_tokens": LatentTokenEncoder}
+DECODERS: dict[str, type[nn.Module]] = {"conv": ConvDecoder, "vit": ViTDecoder, "latent_tokens": LatentTokenDecoder}
 
 
 def _build(registry: dict[str, type[nn.Module]], role: str, config: dict[str, Any], **defaults: Any) -> nn.Module:
@@ -48,8 +51,10 @@ class Tokenizer(nn.Module):
     Args:
         encoder: ``{"kind": ..., **kwargs}`` for the encoder; its ``out_dim`` sets the bottleneck size.
         quantizer: ``{"kind": ..., **kwargs}``; ``dim`` defaults to the encoder's ``out_dim``.
-        decoder: ``{"kind": ..., **kwargs}``; ``in_dim`` defaults to the bottleneck size.
+        decoder: ``{"kind": ..., **kwargs}``; ``in_dim`` defaults to the bottleneck (or expander) size.
         image_size: training resolution, used by ``num_tokens()`` when no size is given.
+        expander: optional ``{"kind": "transformer", ...}`` stage between bottleneck and decoder (MingTok-style
+            semantic expansion); its output is ``TokenizerOutput.features["expanded"]``.
     """
 
     def __init__(
@@ -58,13 +63,17 @@ class Tokenizer(nn.Module):
         quantizer: dict[str, Any],
         decoder: dict[str, Any],
         image_size: int = 256,
+        expander: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        encoder, quantizer, decoder = _plain(encoder), _plain(quantizer), _plain(decoder)
+        encoder, quantizer, decoder, expander = _plain(encoder), _plain(quantizer), _plain(decoder), _plain(expander)
         self.encoder = _build(ENCODERS, "encoder", encoder)
         quantizer.setdefault("dim", self.encoder.out_dim)
         self.quantizer = build_quantizer(quantizer)
-        self.decoder = _build(DECODERS, "decoder", decoder, in_dim=self.quantizer.dim)
+        latent_dim = self.quantizer.dim
+        self.expander = _build(EXPANDERS, "expander", expander, in_dim=latent_dim) if expander else None
+        self.decoder = _build(DECODERS, "decoder", decoder,
+                              in_dim=self.expander.out_dim if self.expander else latent_dim)
         self.image_size = image_size
         self._config = {
             "encoder": encoder,
@@ -72,6 +81,24 @@ class Tokenizer(nn.Module):
             "decoder": decoder,
             "image_size": image_size,
         }
+        if expander:
+            self._config["expander"] = expander
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str, device: str = "cpu", revision: str | None = None) -> "Tokenizer":
+        """Load an exported tokenizer (folder or Hugging Face repo id); see :mod:`vtok.tokenizers.pretrained`."""
+        from .pretrained import load_pretrained
+
+        tokenizer = load_pretrained(path_or_repo, device=device, revision=revision)
+        if not isinstance(tokenizer, cls):
+            raise TypeError(f"{path_or_repo} holds a {type(tokenizer).__name__}, not a {cls.__name__}")
+        return tokenizer
+
+    def save_pretrained(self, out_dir: str, extra: dict[str, Any] | None = None) -> None:
+        """Write ``config.json`` (plain data) and ``model.safetensors`` into ``out_dir``."""
+        from .pretrained import save_pretrained
+
+        save_pretrained(self, out_dir, extra)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -93,31 +120,82 @@ class Tokenizer(nn.Module):
         size = (size, size) if isinstance(size, int) else tuple(size)
         return int(torch.tensor(self.encoder.grid_shape(size)).prod())
 
+    @property
+    def flexible(self) -> bool:
+        """Whether any prefix of the token sequence decodes (1D tokenizers trained with nested dropout)."""
+        return bool(getattr(self.decoder, "flexible", False))
+
     def _tokenize(self, images: Tensor) -> tuple[Tokens, QuantizerOutput]:
         features = self.encoder(images)
         q = self.quantizer(features)
         return Tokens(indices=q.indices, latents=q.quantized, layout=tuple(features.shape[1:-1])), q
 
+    def _decode_latents(self, latents: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        expanded = self.expander(latents) if self.expander is not None else None
+        inputs = expanded if expanded is not None else latents
+        if lengths is None:
+            return self.decoder(inputs), expanded
+        if not hasattr(self.decoder, "flexible"):
+            raise ValueError(f"{type(self.decoder).__name__} decodes whole grids; per-image lengths need a "
+                             "1D latent-token decoder")
+        return self.decoder(inputs, lengths=lengths), expanded
+
     def forward(self, images: Tensor) -> TokenizerOutput:
         """``(B, C, H, W)`` images -> reconstruction, tokens, bottleneck losses and stats."""
         tokens, q = self._tokenize(images)
-        return TokenizerOutput(self.decoder(tokens.latents), tokens, q.losses, q.stats)
+        reconstruction, expanded = self._decode_latents(tokens.latents)
+        features = {"expanded": expanded} if expanded is not None else {}
+        return TokenizerOutput(reconstruction, tokens, q.losses, q.stats, features)
 
-    def encode(self, images: Tensor) -> Tokens:
-        """``(B, C, H, W)`` images in ``[-1, 1]`` -> tokens (indices ``(B, *layout)``, latents ``(B, *layout, D)``)."""
-        return self._tokenize(images)[0]
+    def encode(self, images: Tensor, num_tokens: int | None = None, target_psnr: float | None = None) -> Tokens:
+        """``(B, C, H, W)`` images in ``[-1, 1]`` -> tokens (indices ``(B, *layout)``, latents ``(B, *layout, D)``).
+
+        Args:
+            images: the batch.
+            num_tokens: keep only the first ``k`` tokens (1D tokenizers): layout ``(k,)``.
+            target_psnr: per image, the fewest leading tokens whose reconstruction reaches this PSNR (dB, on
+                ``[-1, 1]`` floats), found by bisection over ``k`` (which assumes quality rises with ``k``, as
+                nested-dropout training makes it). Images that never reach it keep all tokens. The result keeps
+                the full layout and sets ``lengths`` ``(B,)``.
+        """
+        tokens = self._tokenize(images)[0]
+        if num_tokens is None and target_psnr is None:
+            return tokens
+        if len(tokens.layout) != 1:
+            raise ValueError(f"num_tokens / target_psnr need a 1D tokenizer; this one has a {tokens.layout} grid")
+        if num_tokens is not None:
+            if not 1 <= num_tokens <= tokens.layout[0]:
+                raise ValueError(f"num_tokens={num_tokens} must lie in 1..{tokens.layout[0]}")
+            indices = tokens.indices[:, :num_tokens] if tokens.indices is not None else None
+            tokens = Tokens(indices, tokens.latents[:, :num_tokens], (num_tokens,))
+        if target_psnr is not None:
+            tokens.lengths = self._smallest_lengths(images, tokens.latents, target_psnr)
+        return tokens
+
+    def _smallest_lengths(self, images: Tensor, latents: Tensor, target_psnr: float) -> Tensor:
+        low = torch.ones(len(images), dtype=torch.long, device=images.device)
+        high = torch.full_like(low, latents.shape[1])
+        while bool((low < high).any()):
+            middle = (low + high) // 2
+            reconstruction = self._decode_latents(latents, lengths=middle)[0].clamp(-1, 1)
+            mse = (reconstruction.float() - images.float()).pow(2).flatten(1).mean(1)
+            reached = 10 * torch.log10(4.0 / mse.clamp_min(1e-12)) >= target_psnr
+            open_ = low < high
+            high = torch.where(open_ & reached, middle, high)
+            low = torch.where(open_ & ~reached, middle + 1, low)
+        return low
 
     def decode(self, tokens: Tokens) -> Tensor:
         """Tokens -> ``(B, C, H, W)`` images in about ``[-1, 1]``."""
-        return self.decoder(tokens.latents)
+        return self._decode_latents(tokens.latents, tokens.lengths)[0]
 
     def embed(self, indices: Tensor) -> Tensor:
         """``(B, *layout)`` ids -> ``(B, *layout, D)`` codebook vectors (what the decoder reads)."""
         return self.quantizer.indices_to_codes(indices)
 
-    def decode_indices(self, indices: Tensor) -> Tensor:
-        """``(B, *layout)`` ids -> ``(B, C, H, W)`` images."""
-        return self.decoder(self.embed(indices))
+    def decode_indices(self, indices: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``(B, *layout)`` ids (and optional ``(B,)`` lengths) -> ``(B, C, H, W)`` images."""
+        return self._decode_latents(self.embed(indices), lengths)[0]
 
     @property
     def last_layer(self) -> Tensor:

@@ -15,11 +15,14 @@ class Tokens:
         indices: ``(B, *layout)`` long token ids, or ``None`` for continuous tokenizers.
         latents: ``(B, *layout, D)`` quantized (or continuous) vectors that the decoder reads.
         layout: token layout per image: ``(h, w)`` for a 2D grid, ``(n,)`` for a 1D sequence.
+        lengths: ``(B,)`` tokens each image keeps (1D tokenizers with a per-image budget); positions at or
+            after ``lengths[b]`` are ignored by the decoder. ``None``: every image uses the whole layout.
     """
 
     indices: Tensor | None
     latents: Tensor
     layout: tuple[int, ...]
+    lengths: Tensor | None = None
 
 
 @dataclass
@@ -31,9 +34,11 @@ class TokenizerOutput:
         tokens: the tokens the images were encoded to.
         losses: weighted bottleneck losses (commitment, entropy, KL, ...).
         stats: detached statistics for logging.
+        features: intermediate features other losses may supervise (``expanded``: the expander's output).
     """
 
     reconstruction: Tensor
     tokens: Tokens
     losses: dict[str, Tensor] = field(default_factory=dict)
     stats: dict[str, Tensor] = field(default_factory=dict)
+    features: dict[str, Tensor] = field(default_factory=dict)

@@ -88,12 +88,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "train_seconds": module.train_seconds,
     }
     if cfg.evaluate and trainer.is_global_zero:
-        from vtok.eval.evaluate import evaluate_to_dir
+        from vtok.eval.protocol import evaluate_from_config
 
         datamodule.setup("validate")
-        report = evaluate_to_dir(
-            module.eval_tokenizer.to(module.device).eval(), datamodule.val_dataloader(), Path(cfg.paths.run_dir),
-            max_images=cfg.eval.max_images, baselines=cfg.eval.baselines,
+        report = evaluate_from_config(
+            module.eval_tokenizer.to(module.device).eval(), datamodule.val_dataloader(), cfg.eval, cfg.data,
+            Path(cfg.paths.run_dir), device=module.device,
             extra={"train_steps": result["train_steps"], "train_seconds": result["train_seconds"],
                    "codebook_usage_train": _float(trainer.callback_metrics.get("train/codebook_usage"))},
         )

@@ -1,0 +1,77 @@
+"""Flexible-length tokenizers: quality against token count, and the per-image adaptive budget."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vtok.tokenizers import Tokenizer
+from vtok.tokenizers.nested_dropout import budget_ladder
+
+from .metrics import psnr
+
+
+class TokenBudgetMeter:
+    """Accumulates, batch by batch, PSNR at ``k = 1, 2, 4, ..., K`` tokens and the adaptive ``k`` per image.
+
+    Args:
+        tokenizer: a flexible 1D tokenizer (``tokenizer.flexible``).
+        target_psnr: also pick, per image, the fewest tokens reaching this PSNR (``encode(target_psnr=...)``).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, target_psnr: float | None = None) -> None:
+        self.tokenizer, self.target_psnr = tokenizer, target_psnr
+        self.ladder = budget_ladder(tokenizer.num_tokens())
+        self.psnr: dict[int, list[float]] = {k: [] for k in self.ladder}
+        self.adaptive_tokens: list[int] = []
+        self.adaptive_psnr: list[float] = []
+
+    @torch.no_grad()
+    def update(self, images: Tensor) -> None:
+        """``(B, 3, H, W)`` images in ``[-1, 1]`` at the tokenizer's resolution."""
+        full = self.tokenizer.encode(images)
+        for k in self.ladder:
+            lengths = torch.full((len(images),), k, device=images.device)
+            reconstruction = self.tokenizer.decode(replace(full, lengths=lengths)).clamp(-1, 1)
+            self.psnr[k] += psnr(reconstruction, images).tolist()
+        if self.target_psnr is not None:
+            tokens = self.tokenizer.encode(images, target_psnr=self.target_psnr)
+            self.adaptive_tokens += tokens.lengths.tolist()
+            self.adaptive_psnr += psnr(self.tokenizer.decode(tokens).clamp(-1, 1), images).tolist()
+
+    def report(self) -> dict[str, Any]:
+        """``{"psnr_vs_tokens": {k: mean PSNR}, "adaptive_tokens": {...}}`` (the latter with a target)."""
+        out: dict[str, Any] = {"psnr_vs_tokens": {str(k): float(np.mean(v)) for k, v in self.psnr.items()}}
+        if self.target_psnr is not None:
+            k = np.asarray(self.adaptive_tokens, dtype=float)
+            out["adaptive_tokens"] = {
+                "target_psnr": self.target_psnr, "mean": float(k.mean()), "std": float(k.std()),
+                "min": int(k.min()), "max": int(k.max()), "psnr": float(np.mean(self.adaptive_psnr)),
+            }
+        return out
+
+
+def plot_quality_vs_tokens(psnr_vs_tokens: dict[str, float], path: Path) -> Path:
+    """Write PSNR against token count (log-2 axis) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [int(k) for k in psnr_vs_tokens]
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    ax.plot(ks, list(psnr_vs_tokens.values()), marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("tokens per image")
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

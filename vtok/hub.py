@@ -1,0 +1,145 @@
+"""Export trained tokenizers to Hugging Face folders, publish them, and load checkpoints for evaluation.
+
+``vtok-export ckpt=outputs/RUN/checkpoints/last.ckpt out=DIR [push=ORG/NAME] [weights=ema|live] [report=PATH]``
+writes ``model.safetensors`` (EMA weights by default), ``config.json`` (plain data) and a ``README.md`` model card
+carrying the evaluation report's numbers and protocol. Load it back with ``vtok.Tokenizer.from_pretrained(DIR)``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import vtok
+from vtok.tokenizers import Tokenizer
+from vtok.tokenizers.pretrained import load_pretrained
+
+CARD_METRICS = ("psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity", "bits_per_pixel",
+                "tokens_per_image", "num_images")
+
+
+def load_tokenizer(source: str | Path, weights: str = "ema") -> tuple[Tokenizer, str]:
+    """A tokenizer from a Lightning checkpoint (``weights``: ``ema`` or ``live``) or an exported folder / repo id.
+
+    Returns:
+        ``(tokenizer, description of the weights used)``.
+    """
+    path = Path(source)
+    if path.is_file() and path.suffix == ".ckpt":
+        # Our own training checkpoints: tensors and plain types only (weights_only refuses anything else).
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if "tokenizer_config" not in checkpoint:
+            raise ValueError(f"{path} holds no tokenizer_config: it was not written by vtok's trainer")
+        tokenizer = Tokenizer(**checkpoint["tokenizer_config"])
+        if weights == "ema" and "ema" in checkpoint:
+            state, used = checkpoint["ema"]["weights"], "ema"
+        elif weights in ("ema", "live"):
+            prefix = "tokenizer."
+            state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+            used = "live" if weights == "live" else "live (the checkpoint kept no EMA)"
+        else:
+            raise ValueError(f"weights={weights!r}: use ema or live")
+        tokenizer.load_state_dict(state, strict=True)
+        return tokenizer.eval(), f"{used} weights of {path} (step {checkpoint.get('global_step')})"
+    if path.is_file():
+        raise ValueError(f"{path}: expected a Lightning .ckpt written by vtok, or an exported folder")
+    return load_pretrained(source), f"exported tokenizer {source}"
+
+
+def export(tokenizer: Tokenizer, out_dir: str | Path, report: dict[str, Any] | None = None,
+           name: str | None = None, source: str | None = None) -> Path:
+    """Write the Hugging Face folder: ``model.safetensors``, ``config.json``, ``README.md``."""
+    out = Path(out_dir)
+    extra = {"vtok_version": vtok.__version__}
+    if report:
+        extra["evaluation"] = {k: report[k] for k in CARD_METRICS if report.get(k) is not None}
+    tokenizer.save_pretrained(str(out), extra=extra)
+    (out / "README.md").write_text(model_card(tokenizer, name or out.name, report, source))
+    return out
+
+
+def model_card(tokenizer: Tokenizer, name: str, report: dict[str, Any] | None, source: str | None) -> str:
+    """A model card: what the tokenizer is, how to load it, and its evaluation with the protocol."""
+    cfg = tokenizer.config
+    params = sum(p.numel() for p in tokenizer.parameters())
+    lines = [
+        "---", "library_name: vtok", "tags:", "- image-tokenizer", f"- {cfg['quantizer']['kind']}", "---", "",
+        f"# {name}", "",
+        f"An image tokenizer trained with [vtok](https://github.com/vtok/vtok): {cfg['encoder']['kind']} encoder, "
+        f"{cfg['quantizer']['kind']} bottleneck, {cfg['decoder']['kind']} decoder; {params / 1e6:.2f} M parameters.",
+        "",
+        f"- image size: {tokenizer.image_size} (inputs in [-1, 1], RGB, `(B, 3, H, W)`)",
+        f"- tokens per image: {tokenizer.num_tokens()}" + (" (any prefix decodes)" if tokenizer.flexible else ""),
+        f"- vocabulary: {tokenizer.vocab_size if tokenizer.vocab_size else 'continuous'}; "
+        f"bits per token: {tokenizer.bits_per_token:g}",
+    ]
+    if source:
+        lines.append(f"- weights: {source}")
+    lines += ["", "## Use", "", "```python", "from vtok import Tokenizer", "",
+              f'tokenizer = Tokenizer.from_pretrained("{name}")',
+              "tokens = tokenizer.encode(images)          # images: (B, 3, H, W) in [-1, 1]",
+              "images = tokenizer.decode_indices(tokens.indices)" if tokenizer.vocab_size else
+              "images = tokenizer.decode(tokens)", "```", ""]
+    if report:
+        lines += ["## Evaluation", "", "| metric | value |", "| --- | --- |"]
+        for key in CARD_METRICS:
+            if report.get(key) is not None:
+                value = report[key]
+                lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
+        if report.get("psnr_vs_tokens"):
+            lines += ["", "PSNR against tokens: " + ", ".join(f"{k}: {v:.2f} dB" for k, v in
+                                                           report["psnr_vs_tokens"].items())]
+        if report.get("protocol"):
+            lines += ["", "Protocol:", "", "```json", json.dumps(report["protocol"], indent=2), "```"]
+    else:
+        lines += ["## Evaluation", "", "Not evaluated at export time: run `python -m vtok.eval ckpt=THIS_FOLDER`."]
+    return "\n".join(lines) + "\n"
+
+
+def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload an exported folder to the Hugging Face hub; returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    except Exception as error:
+        raise RuntimeError(
+            f"could not push {folder} to the hub as {repo_id} ({type(error).__name__}: {error}). It needs network "
+            "access and a token (`huggingface-cli login` or HF_TOKEN); the exported folder is complete, so you can "
+            "upload it later from a connected machine."
+        ) from error
+    return f"https://huggingface.co/{repo_id}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vtok-export ckpt=PATH out=DIR [push=ORG/NAME] [weights=ema|live] [report=PATH] [name=NAME]``."""
+    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
+    if "ckpt" not in args or "out" not in args:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    tokenizer, source = load_tokenizer(args["ckpt"], weights=args.get("weights", "ema"))
+    report_path = Path(args["report"]) if "report" in args else _report_beside(Path(args["ckpt"]))
+    report = json.loads(report_path.read_text()) if report_path and report_path.is_file() else None
+    out = export(tokenizer, args["out"], report, name=args.get("name") or args.get("push"), source=source)
+    print(f"exported {source} to {out}" + (f" with the report {report_path}" if report else " (no report found)"))
+    if "push" in args:
+        print(f"pushed: {push(out, args['push'])}")
+    return 0
+
+
+def _report_beside(ckpt: Path) -> Path | None:
+    if ckpt.suffix == ".ckpt" and ckpt.parent.name == "checkpoints":
+        for candidate in (ckpt.parent.parent / "eval" / "report.json", ckpt.parent.parent / "report.json"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""1D latent-token encoder and decoder (TiTok style), with flexible length.
+
+The encoder appends ``K`` learned latent tokens to the image's patch tokens; after the transformer only the
+latent tokens are kept, so an image becomes ``(B, K, out_dim)`` whatever its patch count. The decoder reads
+``(B, k, in_dim)`` tokens, ``k <= K``: missing or dropped positions are a learned mask token, and learned
+patch queries attend to them to rebuild the image. With ``nested_dropout`` the decoder trains on random
+prefixes, so one model decodes any ``k``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vtok.modules.transformer import Transformer, init_token, patch_grid
+
+from .nested_dropout import NestedDropout
+from .vit import PatchPositions, unpatchify
+
+
+class LatentTokenEncoder(nn.Module):
+    """Images ``(B, C, H, W)`` -> latent tokens ``(B, num_tokens, out_dim)``.
+
+    Args:
+        num_tokens: ``K``, latent tokens per image.
+        in_channels, patch_size, width, depth, heads, mlp_ratio: the ViT reading the image.
+        out_dim: feature size handed to the bottleneck.
+        position: positions of the patches, ``learned`` or ``rope`` (latent tokens always have learned ones).
+        image_size: training resolution.
+    """
+
+    def __init__(self, num_tokens: int = 128, in_channels: int = 3, patch_size: int = 16, width: int = 512,
+                 depth: int = 8, heads: int = 8, mlp_ratio: float = 4.0, out_dim: int = 12,
+                 position: str = "learned", image_size: int = 256) -> None:
+        super().__init__()
+        self.num_tokens, self.patch_size, self.out_dim = num_tokens, patch_size, out_dim
+        self.to_tokens = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
+        self.latents = init_token((num_tokens, width))
+        self.positions = PatchPositions(position, patch_grid(image_size, patch_size), width, width // heads)
+        self.transformer = Transformer(width, depth, heads, mlp_ratio)
+        self.to_features = nn.Linear(width, out_dim)
+
+    def forward(self, images: Tensor) -> Tensor:
+        grid = patch_grid(tuple(images.shape[-2:]), self.patch_size)
+        patches = self.to_tokens(images).flatten(2).transpose(1, 2)
+        patches, rope = self.positions(patches, grid, extra_after=self.num_tokens)
+        latents = self.latents.to(patches.dtype).expand(len(images), -1, -1)
+        tokens = self.transformer(torch.cat([patches, latents], dim=1), rope)
+        return self.to_features(tokens[:, -self.num_tokens:])
+
+    def grid_shape(self, image_size: tuple[int, int]) -> tuple[int]:
+        """Token layout ``(K,)``: the same for every image size."""
+        return (self.num_tokens,)
+
+
+class LatentTokenDecoder(nn.Module):
+    """Tokens ``(B, k, in_dim)`` (``k <= K``) -> images ``(B, C, image_size, image_size)``.
+
+    Args:
+        num_tokens: ``K``, the longest sequence.
+        out_channels, patch_size, width, depth, heads, mlp_ratio: the ViT writing the image.
+        in_dim: size of the (quantized) tokens.
+        position: positions of the patch queries, ``learned`` or ``rope``.
+        image_size: output resolution (fixed: 1D tokens carry no grid).
+        nested_dropout: ``{"mode": "uniform" | "pow2", "p": ..., "min_tokens": ...}`` trains on random
+            prefixes so every ``k`` decodes; ``None`` trains at ``K`` only.
+    """
+
+    def __init__(self, num_tokens: int = 128, out_channels: int = 3, patch_size: int = 16, width: int = 512,
+                 depth: int = 8, heads: int = 8, mlp_ratio: float = 4.0, in_dim: int = 12,
+                 position: str = "learned", image_size: int = 256,
+                 nested_dropout: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.num_tokens, self.patch_size = num_tokens, patch_size
+        self.grid = patch_grid(image_size, patch_size)
+        self.from_tokens = nn.Linear(in_dim, width)
+        self.mask_token = init_token((width,))
+        self.token_positions = init_token((num_tokens, width))
+        self.queries = init_token((width,))
+        self.positions = PatchPositions(position, self.grid, width, width // heads)
+        self.transformer = Transformer(width, depth, heads, mlp_ratio)
+        self.to_pixels = nn.Linear(width, out_channels * patch_size**2)
+        self.nested_dropout = NestedDropout(num_tokens, **nested_dropout) if nested_dropout else None
+
+    @property
+    def flexible(self) -> bool:
+        """Whether training made every prefix length decodable."""
+        return self.nested_dropout is not None
+
+    def forward(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Decode ``(B, k, in_dim)`` tokens; ``lengths`` ``(B,)`` keeps only each sample's first ``lengths[b]``."""
+        batch, k, _ = tokens.shape
+        if k > self.num_tokens:
+            raise ValueError(f"got {k} tokens, the decoder reads at most {self.num_tokens}")
+        if self.training and self.nested_dropout is not None:
+            drawn = self.nested_dropout(batch, tokens.device)
+            lengths = drawn if lengths is None else torch.minimum(lengths, drawn)
+        x = self.from_tokens(tokens)
+        mask = self.mask_token.to(x.dtype)
+        x = torch.cat([x, mask.expand(batch, self.num_tokens - k, -1)], dim=1)
+        if lengths is not None:
+            kept = torch.arange(self.num_tokens, device=x.device)[None] < lengths.to(x.device)[:, None]
+            x = torch.where(kept[..., None], x, mask)
+        x = x + self.token_positions.to(x.dtype)
+        queries = self.queries.to(x.dtype).expand(batch, self.grid[0] * self.grid[1], -1)
+        queries, rope = self.positions(queries, self.grid, extra_before=self.num_tokens)
+        out = self.transformer(torch.cat([x, queries], dim=1), rope)
+        return unpatchify(self.to_pixels(out[:, self.num_tokens:]), self.grid, self.patch_size)
+
+    @property
+    def last_layer(self) -> Tensor:
+        return self.to_pixels.weight

@@ -1,0 +1,157 @@
+"""Pretrained files (LPIPS backbones, the FID Inception network): where they come from and how to get them.
+
+Every pretrained part resolves its file the same way: a path from the config, else the torch hub cache, else a
+download. When none works (air-gapped clusters, CI) it stops with :class:`MissingWeightsError` naming the file
+and the config key, never falling back to random weights.
+
+``python -m vtok.weights out=DIR [experiment=... other overrides]`` downloads every file the composed config
+needs into ``DIR`` (on a machine with network), checks each checksum, and prints the overrides that point the
+config at them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class PretrainedFile:
+    """One downloadable weights file; ``sha256_prefix`` is the hash prefix torch hub file names carry."""
+
+    filename: str
+    url: str
+    sha256_prefix: str
+    what: str
+
+
+FILES: dict[str, PretrainedFile] = {
+    "lpips_vgg": PretrainedFile("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth",
+                                "397923af", "LPIPS (vgg) backbone, torchvision VGG16"),
+    "lpips_alex": PretrainedFile("alexnet-owt-7be5be79.pth",
+                                 "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+                                 "7be5be79", "LPIPS (alex) backbone, torchvision AlexNet"),
+    "fid_inception": PretrainedFile(
+        "pt_inception-2015-12-05-6726825d.pth",
+        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/pt_inception-2015-12-05-6726825d.pth",
+        "6726825d", "FID Inception-v3 (the TF FID graph ported by torch-fidelity)"),
+}
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained weights are neither at the configured path nor downloadable."""
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_weights(filename: str, url: str, path: str | None, config_key: str, what: str) -> Path:
+    """Find a pretrained weights file: ``path`` if given, else the torch hub cache, else download it.
+
+    Raises:
+        MissingWeightsError: naming ``filename`` and ``config_key`` when the file cannot be had.
+    """
+    if path:
+        if Path(path).is_file():
+            return Path(path)
+        raise MissingWeightsError(
+            f"{what}: weights file {path} does not exist. Point {config_key}=/path/to/{filename} at a copy of "
+            f"{url}."
+        )
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if cached.is_file():
+        return cached
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cached), progress=False)
+        return cached
+    except Exception as error:  # offline: URLError, socket errors, ...
+        if cached.exists() and cached.stat().st_size == 0:
+            cached.unlink()
+        raise MissingWeightsError(
+            f"{what} needs {filename} and could not download it ({type(error).__name__}: {error}). "
+            f"Fetch {url} on a machine with network, then set {config_key}=/path/to/{filename} "
+            f"or copy it to {cached}. `python -m vtok.weights out=DIR ...` downloads every file a config needs."
+        ) from error
+
+
+def resolve(name: str, path: str | None, config_key: str) -> Path:
+    """:func:`resolve_weights` for a file of :data:`FILES`."""
+    file = FILES[name]
+    return resolve_weights(file.filename, file.url, path, config_key, file.what)
+
+
+def files_needed(cfg: Any) -> list[tuple[str, str]]:
+    """``(file name in FILES, config key)`` for every pretrained file a composed train/eval config uses."""
+    needed: list[tuple[str, str]] = []
+    loss = cfg.get("loss") or {}
+    if (loss.get("perceptual_weight") or 0) > 0:
+        net = (loss.get("perceptual") or {}).get("net", "vgg")
+        needed.append((f"lpips_{net}", "loss.perceptual.backbone_path"))
+    evaluation = cfg.get("eval") or {}
+    if evaluation.get("fid"):
+        needed.append(("fid_inception", "eval.inception_path"))
+    if evaluation.get("lpips"):
+        needed.append((f"lpips_{evaluation.get('lpips_net', 'alex')}", "eval.lpips_backbone_path"))
+    return needed
+
+
+def download(name: str, out_dir: Path) -> Path:
+    """Download one file of :data:`FILES` into ``out_dir`` (kept if already there) and check its hash prefix."""
+    file = FILES[name]
+    target = out_dir / file.filename
+    if not target.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(file.url, str(target), progress=True)
+    digest = sha256(target)
+    if not digest.startswith(file.sha256_prefix):
+        raise ValueError(f"{target}: sha256 {digest[:8]}... does not match the expected {file.sha256_prefix}")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vtok.weights out=DIR [overrides...]``: fetch every pretrained file the config needs."""
+    from hydra import compose, initialize_config_dir
+
+    from vtok.config import config_dir
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = next((a.split("=", 1)[1] for a in args if a.startswith("out=")), None)
+    if out is None:
+        print("usage: python -m vtok.weights out=DIR [experiment=NAME other=overrides ...]", file=sys.stderr)
+        return 2
+    overrides = [a for a in args if not a.startswith("out=")]
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose(config_name="train", overrides=overrides)
+    needed = files_needed(cfg)
+    if not needed:
+        print("this config needs no pretrained files")
+        return 0
+    failures, keys = 0, []
+    for name, key in needed:
+        try:
+            path = download(name, Path(out))
+            keys.append(f"{key}={path.resolve()}")
+            print(f"ok       {FILES[name].filename} ({FILES[name].what})")
+        except Exception as error:  # report every file, then fail
+            failures += 1
+            print(f"FAILED   {FILES[name].filename} from {FILES[name].url}: {type(error).__name__}: {error}",
+                  file=sys.stderr)
+    if keys:
+        print("\nadd to the command line:\n  " + " ".join(keys))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
