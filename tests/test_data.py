@@ -9,7 +9,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from vtok.data import ImageFolder, ImageTransform, RandomSampleStream, ShardDataset, SyntheticCaptions
-from vtok.data.shards import folder_items, main as shards_main, write_shards
+from vtok.data.shards import folder_items, write_shards
+from vtok.data.shards import main as shards_main
 
 
 def _png(color, size=(40, 36)) -> bytes:

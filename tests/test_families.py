@@ -1,14 +1,11 @@
 """Tokenizer families: ViT grid, 1D latent tokens (flexible length, adaptive budget), binary 1D, continuous,
 the expander hook, and every preset in configs/experiment at toy size."""
 
-from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from vtok import Tokenizer
 from vtok.eval.evaluate import evaluate_to_dir

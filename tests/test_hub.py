@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from vtok import Tokenizer
-from vtok.hub import export, load_tokenizer, main as export_main, push
+from vtok.hub import export, load_tokenizer, push
+from vtok.hub import main as export_main
 from vtok.tokenizers.pretrained import UnsafeConfigError
 
 from .conftest import ROOT, tiny_tokenizer_config
@@ -127,6 +128,7 @@ def test_push_without_network_fails_clearly(tmp_path, monkeypatch):
 def test_export_cli_takes_ema_weights_from_a_lightning_checkpoint(tmp_path):
     from vtok.losses import TokenizerLoss
     from vtok.training import TokenizerModule
+
     from .test_training import _loader, _trainer
 
     module = TokenizerModule(Tokenizer(**tiny_tokenizer_config()), TokenizerLoss(), lr=1e-3, warmup_steps=1,

@@ -52,7 +52,7 @@ class LPIPS(nn.Module):
             _load_backbone(self.model.net, state)
         self.model.eval().requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "LPIPS":
+    def train(self, mode: bool = True) -> LPIPS:
         return super().train(False)  # dropout in the heads stays off
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:

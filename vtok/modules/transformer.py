@@ -6,12 +6,9 @@ them) and optional 2D rotary positions. Tokens are ``(B, N, width)`` throughout.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 
 INIT_STD = 0.02  # weights, learned tokens and position tables alike
 

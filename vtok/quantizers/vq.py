@@ -18,7 +18,6 @@ from .distributed import all_reduce_sum, broadcast
 from .stats import code_counts, usage_and_perplexity
 
 
-
 def nearest_code(z: Tensor, codebook: Tensor, cosine: bool, chunk: int = 4096) -> Tensor:
     """Index of the nearest code for each row.
 

@@ -8,7 +8,6 @@ that stage. It returns the expanded features, which the tokenizer also exposes a
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from vtok.modules.transformer import Transformer, grid_positions, rope_2d

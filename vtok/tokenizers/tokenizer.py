@@ -85,7 +85,7 @@ class Tokenizer(nn.Module):
             self._config["expander"] = expander
 
     @classmethod
-    def from_pretrained(cls, path_or_repo: str, device: str = "cpu", revision: str | None = None) -> "Tokenizer":
+    def from_pretrained(cls, path_or_repo: str, device: str = "cpu", revision: str | None = None) -> Tokenizer:
         """Load an exported tokenizer (folder or Hugging Face repo id); see :mod:`vtok.tokenizers.pretrained`."""
         from .pretrained import load_pretrained
 

@@ -31,7 +31,7 @@ class EMA:
         for name, buffer in model.named_buffers():
             ema_buffers[name].copy_(buffer)
 
-    def to(self, device: torch.device | str) -> "EMA":
+    def to(self, device: torch.device | str) -> EMA:
         self.model.to(device)
         return self
 
