@@ -1,5 +1,7 @@
 """rFID maths, reference caching, LPIPS in reports, the pretrained-weights command, and DDP accumulation."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -127,7 +129,11 @@ def _eval_worker(rank, world, init_file, out):
     share = [{"image": images[i : i + 2]} for i in range(rank * 4, rank * 4 + 4, 2)]
     report, _, _ = evaluate(tokenizer, share, baselines=False, fid=FIDMeter(feature=PooledFeatures()))
     torch.save(report, f"{out}/rank{rank}.pt")
+    dist.barrier()  # no rank tears down gloo while another still talks to it
     dist.destroy_process_group()
+    # The results are on disk. Skip interpreter teardown: under CPU load torch's gloo threads occasionally
+    # abort there ("terminate called without an active exception"), after all work is done.
+    os._exit(0)
 
 
 def test_metrics_accumulate_across_ddp_ranks(tmp_path):

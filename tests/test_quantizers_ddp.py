@@ -1,5 +1,7 @@
 """Codebook state under torch.distributed: 2 CPU processes (gloo), each feeding different data."""
 
+import os
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -21,7 +23,11 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     entropies = torch.stack([codebook_entropy_exact(logits, chunk=16), codebook_entropy_factorized(logits)])
     torch.save({"codebook": vq.codebook.clone(), "logits": logits, "entropies": entropies},
                f"{out_dir}/rank{rank}.pt")
+    dist.barrier()  # no rank tears down gloo while another still talks to it
     dist.destroy_process_group()
+    # The results are on disk. Skip interpreter teardown: under CPU load torch's gloo threads occasionally
+    # abort there ("terminate called without an active exception"), after all work is done.
+    os._exit(0)
 
 
 def test_codebooks_and_batch_entropy_agree_across_ranks(tmp_path):
