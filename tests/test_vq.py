@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vtok.quantizers import VectorQuantizer, build_quantizer
-from vtok.quantizers.vq import nearest_code
+from vtok.quantizers.search import nearest_code
 
 
 def test_nearest_code_matches_brute_force():
@@ -54,3 +55,56 @@ def test_autocast_gives_finite_fp32_losses(dtype):
 def test_unknown_quantizer_kind():
     with pytest.raises(ValueError, match="unknown quantizer kind 'x'; choose one of"):
         build_quantizer({"kind": "x"})
+
+
+def test_entropy_loss_spreads_vq_codes():
+    """Codes initialised off to one side of the data: with gradient updates alone a few win every feature; the
+    entropy term (no restarts) pulls the rest in."""
+
+    def used_codes(entropy_weight: float) -> int:
+        torch.manual_seed(0)
+        vq = VectorQuantizer(dim=4, codebook_size=64, l2_normalize=False, data_init=False,
+                             entropy_weight=entropy_weight)
+        with torch.no_grad():
+            vq.codebook.copy_(torch.randn(64, 4) * 0.1 + 3.0)
+        optimizer = torch.optim.Adam(vq.parameters(), lr=0.02)
+        for _ in range(300):
+            out = vq(torch.randn(512, 4))
+            optimizer.zero_grad()
+            sum(out.losses.values()).backward()
+            optimizer.step()
+        vq.eval()
+        return torch.unique(vq(torch.randn(8192, 4)).indices).numel()
+
+    without, with_entropy = used_codes(0.0), used_codes(0.5)
+    assert with_entropy >= 48, (without, with_entropy)
+    assert with_entropy >= 2 * without, (without, with_entropy)
+
+
+@pytest.mark.parametrize("cosine", [False, True])
+@pytest.mark.parametrize("dim", [8, 256])
+def test_bf16_search_finds_the_exact_nearest_code(cosine, dim):
+    """Random rows, rows within 1% of a code (near-ties between bf16 scores), and midpoints of two codes (exact
+    ties, which any fp32 summation order breaks its own way)."""
+    torch.manual_seed(0)
+    codes = torch.randn(2048, dim)
+    picks = lambda: codes[torch.randint(2048, (1500,))]  # noqa: E731
+    for z, ties in ((torch.randn(1500, dim), False), (picks() + 0.01 * torch.randn(1500, dim), False),
+                    ((picks() + picks()) / 2, True)):
+        c, z = (F.normalize(codes, dim=1), F.normalize(z, dim=1)) if cosine else (codes, z)
+        exact = nearest_code(z, c, cosine=cosine, chunk=512)
+        fast = nearest_code(z, c, cosine=cosine, chunk=512, precision="bf16")
+        if not ties:
+            assert torch.equal(fast, exact)
+        else:  # where they differ, both codes are equally near up to fp32 rounding
+            distance = lambda i: (z - c[i]).pow(2).sum(1)  # noqa: E731
+            assert torch.allclose(distance(fast), distance(exact), rtol=1e-5, atol=1e-5)
+
+
+def test_vq_search_option():
+    z = torch.randn(64, 8)
+    outputs = [VectorQuantizer(dim=8, codebook_size=32, search=s).eval() for s in ("fp32", "bf16")]
+    outputs[1].load_state_dict(outputs[0].state_dict())
+    assert torch.equal(outputs[0](z).indices, outputs[1](z).indices)
+    with pytest.raises(ValueError, match="search='fast'"):
+        VectorQuantizer(dim=8, codebook_size=32, search="fast")

@@ -14,32 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Quantizer, QuantizerOutput
-from .distributed import all_reduce_sum, broadcast
+from .distributed import all_reduce_sum, broadcast, mean_over_ranks
+from .search import bf16_search_is_fast, nearest_code
 from .stats import code_counts, usage_and_perplexity
 
 
-def nearest_code(z: Tensor, codebook: Tensor, cosine: bool, chunk: int = 4096) -> Tensor:
-    """Index of the nearest code for each row.
-
-    Args:
-        z: ``(n, d)`` fp32 rows.
-        codebook: ``(K, d)`` fp32 codes.
-        cosine: rows and codes are unit vectors, so the nearest code is the largest dot product.
-        chunk: rows per matrix product, bounding the temporary ``(chunk, K)`` matrix.
-
-    Returns:
-        ``(n,)`` long indices.
-    """
-    out = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
-    half_sq_norms = None if cosine else 0.5 * codebook.pow(2).sum(1)
-    for start in range(0, z.shape[0], chunk):
-        block = z[start : start + chunk]
-        # argmin ||z - c||^2 = argmax (z.c - |c|^2 / 2); |z|^2 does not change the winner.
-        scores = block @ codebook.t()
-        if half_sq_norms is not None:
-            scores.sub_(half_sq_norms)
-        out[start : start + chunk] = scores.argmax(1)
-    return out
+# Below this many codebook entries (codes x lookup dim) the product is too small for bf16 to pay for its
+# candidate re-rank.
+BF16_SEARCH_MIN_SIZE = 2**20
 
 
 class VectorQuantizer(Quantizer):
@@ -67,6 +49,14 @@ class VectorQuantizer(Quantizer):
         gradient: ``"ste"`` straight-through; ``"rotation"`` the rotation trick (the encoder gradient is
             rotated and scaled like the feature-to-code map); ``"ibq"`` index backpropagation (straight-through
             over ``softmax(z . codes)``, so every code receives gradient; costs an ``N x K`` matrix).
+        entropy_weight: weight of ``H_sample - H_codebook`` on the soft assignment
+            ``softmax(-||z - c||^2 / (entropy_temperature * mean_n min_c ||z_n - c||^2))``: each feature should
+            sit near one code, and the batch should spread over all codes. The distance scale is the batch's
+            own (detached), so the temperature means the same at any feature scale. Costs an ``N x K`` matrix.
+        entropy_temperature: see ``entropy_weight``.
+        search: nearest-code search precision: ``"fp32"``, ``"bf16"`` (a bf16 product with a certified fp32
+            re-rank: the same codes, for GPUs' bf16 tensor cores) or ``"auto"`` (bf16 on CUDA when the codebook
+            is large enough for the product to dominate, fp32 otherwise).
     """
 
     def __init__(
@@ -84,6 +74,9 @@ class VectorQuantizer(Quantizer):
         linear_codebook: bool = False,
         ema_decay: float | None = None,
         gradient: str = "ste",
+        entropy_weight: float = 0.0,
+        entropy_temperature: float = 1.0,
+        search: str = "auto",
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -96,6 +89,10 @@ class VectorQuantizer(Quantizer):
         self.restart_decay = restart_decay
         self.data_init = data_init
         self.kmeans_iters = kmeans_iters
+        self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
+        if search not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"search={search!r}: use auto, fp32 or bf16")
+        self.search = search
 
         needs_projection = self.codebook_dim != dim
         self.project_in = nn.Linear(dim, self.codebook_dim) if needs_projection else nn.Identity()
@@ -143,7 +140,8 @@ class VectorQuantizer(Quantizer):
             if self.training and not bool(self.initialized):
                 self._init_from_data(flat.detach())
             codes = self.codes()
-            indices = nearest_code(flat.detach(), codes.detach(), cosine=self.l2_normalize)
+            indices = nearest_code(flat.detach(), codes.detach(), cosine=self.l2_normalize,
+                                   precision=self._search_precision(flat.device))
             chosen = codes[indices]
 
             losses: dict[str, Tensor] = {}
@@ -151,6 +149,8 @@ class VectorQuantizer(Quantizer):
                 if self.ema_decay is None:
                     losses["codebook"] = self.codebook_weight * F.mse_loss(chosen, flat.detach())
                 losses["commitment"] = self.commitment_weight * F.mse_loss(flat, chosen.detach())
+                if self.entropy_weight > 0:
+                    losses["entropy"] = self.entropy_weight * self._entropy_loss(flat, codes)
             # The value is exactly the code (so decode(encode(x)) == decode_indices(indices)); only the
             # gradient differs between estimators.
             surrogate = self._surrogate(flat, chosen, codes, indices)
@@ -192,6 +192,22 @@ class VectorQuantizer(Quantizer):
             # gradient reaches the encoder and every code through the softmax
             return (hard - soft.detach() + soft) @ codes
         return flat
+
+    def _search_precision(self, device: torch.device) -> str:
+        if self.search != "auto":
+            return self.search
+        large = self.codebook_size * self.codebook_dim >= BF16_SEARCH_MIN_SIZE
+        return "bf16" if large and bf16_search_is_fast(device) else "fp32"
+
+    def _entropy_loss(self, flat: Tensor, codes: Tensor) -> Tensor:
+        """``H_sample - H_codebook`` (nats) of the soft assignment of ``(N, d)`` features to ``(K, d)`` codes."""
+        sq_dist = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codes.t() + codes.pow(2).sum(1)).clamp_min(0)
+        scale = sq_dist.detach().min(1).values.mean().clamp_min(1e-12) * self.entropy_temperature
+        log_p = torch.log_softmax(-sq_dist / scale, dim=1)
+        sample_entropy = -(log_p.exp() * log_p).sum(1).mean()
+        mean_p = mean_over_ranks(log_p.exp().mean(0), flat.shape[0])
+        codebook_entropy = -(mean_p * mean_p.clamp_min(1e-30).log()).sum()
+        return sample_entropy - codebook_entropy
 
     @torch.no_grad()
     def _ema_update(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
