@@ -39,8 +39,8 @@ def nearest_code(z: Tensor, codebook: Tensor, cosine: bool, chunk: int | None = 
         z: ``(n, d)`` fp32 rows.
         codebook: ``(K, d)`` fp32 codes.
         cosine: rows and codes are unit vectors, so the nearest code is the largest dot product.
-        chunk: rows per matrix product, bounding the temporary ``(chunk, K)`` matrix; ``None`` picks a size
-            by the lookup width (see the code).
+        chunk: rows per matrix product, bounding the temporary ``(chunk, K)`` matrix; ``None`` sizes it by the
+            lookup width: a 16 MiB score block up to 32 dims (bandwidth-bound), 64 MiB above (product-bound).
         precision: ``"fp32"`` or ``"bf16"`` (certified: same answer, see the module docstring).
 
     Returns:
@@ -68,12 +68,15 @@ def nearest_code(z: Tensor, codebook: Tensor, cosine: bool, chunk: int | None = 
             out[start : start + chunk] = _certified_bf16_argmax(block, codebook, half_sq_norms, codes_bf16,
                                                                 bias_bf16, code_norm, max_bias)
             continue
-        if half_sq_norms is None:
-            scores = block @ codebook.t()
-        else:
-            scores = torch.addmm(half_sq_norms.unsqueeze(0), block, codebook.t(), beta=-1)
-        out[start : start + chunk] = scores.argmax(1)
+        out[start : start + chunk] = _fp32_scores(block, codebook, half_sq_norms).argmax(1)
     return out
+
+
+def _fp32_scores(block: Tensor, codebook: Tensor, half_sq_norms: Tensor | None) -> Tensor:
+    """``(n, K)`` scores ``block @ codebook.T - half_sq_norms`` (larger is nearer), in one fp32 product."""
+    if half_sq_norms is None:
+        return block @ codebook.t()
+    return torch.addmm(half_sq_norms.unsqueeze(0), block, codebook.t(), beta=-1)
 
 
 def _bf16_error_bound(block: Tensor, code_norm: Tensor, max_bias: Tensor, dim: int) -> Tensor:
@@ -111,8 +114,5 @@ def _certified_bf16_argmax(block: Tensor, codebook: Tensor, half_sq_norms: Tenso
     eps = _bf16_error_bound(block, code_norm, max_bias, block.shape[1])
     unsure = (best[:, 0] <= top_scores[:, -1].float() + eps).nonzero(as_tuple=True)[0]
     if len(unsure):
-        rows = block[unsure]
-        full = rows @ codebook.t() if half_sq_norms is None else torch.addmm(
-            half_sq_norms.unsqueeze(0), rows, codebook.t(), beta=-1)
-        winner[unsure] = full.argmax(1)
+        winner[unsure] = _fp32_scores(block[unsure], codebook, half_sq_norms).argmax(1)
     return winner
