@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Huge pages for torch's CPU allocator: 1.5-1.8x faster on large temporaries.
 export THP_MEM_ALLOC_ENABLE = 1
 
-.PHONY: install quickstart test test-fast clean
+.PHONY: install quickstart test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Quantizer speed/memory against vector-quantize-pytorch (results: bench/RESULTS.md).
+bench: install
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) bench/quantizers.py --repeats 3
 
 clean:
 	rm -rf outputs data/samples .pytest_cache

@@ -113,16 +113,31 @@ def test_per_sample_entropy_factorises_exactly():
     assert torch.allclose(per_sample_entropy(logits), per_sample_entropy_brute_force(logits))
 
 
-def test_chunked_codebook_entropy_is_exact_and_factorised_is_an_upper_bound():
-    logits = torch.randn(64, 8, dtype=torch.float64) * 2
+@pytest.mark.parametrize("bits", [1, 7, 8])
+def test_split_codebook_entropy_is_exact_and_factorised_is_an_upper_bound(bits):
+    logits = torch.randn(64, bits, dtype=torch.float64) * 2
     exact = codebook_entropy_brute_force(logits)
-    assert torch.allclose(codebook_entropy_exact(logits, chunk=37), exact)
+    assert torch.allclose(codebook_entropy_exact(logits), exact)
     assert codebook_entropy_factorized(logits) >= exact - 1e-9
+
+
+def test_exact_codebook_entropy_gradient_matches_brute_force_and_stays_finite_at_low_temperature():
+    logits = (torch.randn(32, 6, dtype=torch.float64) * 2).requires_grad_()
+    grad_split, = torch.autograd.grad(codebook_entropy_exact(logits), logits)
+    grad_brute, = torch.autograd.grad(codebook_entropy_brute_force(logits), logits)
+    assert torch.allclose(grad_split, grad_brute)
+    sharp = (torch.randn(4096, 16) * 400).requires_grad_()  # T = 0.01: probabilities saturate to 0 / 1
+    entropy = codebook_entropy_exact(sharp)
+    entropy.backward()
+    assert torch.isfinite(entropy) and torch.isfinite(sharp.grad).all()
+    # fp32 keeps full precision: no cancellation between large log-probabilities
+    assert abs(entropy.item() - codebook_entropy_exact(sharp.detach().double()).item()) < 1e-5
 
 
 def test_lfq_reports_which_entropy_it_uses():
     assert build_quantizer({"kind": "lfq", "bits": 10}).exact_codebook_entropy
-    assert not build_quantizer({"kind": "lfq", "bits": 18}).exact_codebook_entropy
+    assert build_quantizer({"kind": "lfq", "bits": 18}).exact_codebook_entropy
+    assert not build_quantizer({"kind": "lfq", "bits": 19}).exact_codebook_entropy
     assert not build_quantizer({"kind": "lfq", "bits": 10, "codebook_entropy": "factorized"}).exact_codebook_entropy
     with pytest.raises(ValueError, match="codebook_entropy"):
         build_quantizer({"kind": "lfq", "bits": 10, "codebook_entropy": "approx"})

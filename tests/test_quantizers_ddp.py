@@ -20,7 +20,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         vq(torch.randn(256, 8, generator=data) + 3 * rank)
         torch.manual_seed(1000 * rank + step)  # rank-dependent RNG: restarts must still agree
     logits = torch.randn(128, 6, generator=data, dtype=torch.float64)
-    entropies = torch.stack([codebook_entropy_exact(logits, chunk=16), codebook_entropy_factorized(logits)])
+    entropies = torch.stack([codebook_entropy_exact(logits), codebook_entropy_factorized(logits)])
     torch.save({"codebook": vq.codebook.clone(), "logits": logits, "entropies": entropies},
                f"{out_dir}/rank{rank}.pt")
     dist.barrier()  # no rank tears down gloo while another still talks to it
