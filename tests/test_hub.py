@@ -145,3 +145,10 @@ def test_export_cli_takes_ema_weights_from_a_lightning_checkpoint(tmp_path):
     assert any(not torch.equal(ema[k].cpu(), live[k].cpu()) for k in ema)  # EMA differs from the live weights
     live_loaded, source = load_tokenizer(tmp_path / "last.ckpt", weights="live")
     assert source.startswith("live") and all(torch.equal(v, live[k].cpu()) for k, v in live_loaded.state_dict().items())
+
+
+def test_export_cli_help_and_missing_arguments(capsys):
+    assert export_main(["--help"]) == 0
+    assert "ckpt=PATH" in capsys.readouterr().out
+    assert export_main(["out=somewhere"]) == 2
+    assert "usage: vtok-export" in capsys.readouterr().err

@@ -16,6 +16,27 @@ def test_nearest_code_matches_brute_force():
     assert torch.equal(nearest_code(zn, cn, cosine=True, chunk=100), torch.cdist(zn, cn).argmin(1))
 
 
+
+@pytest.mark.parametrize("num_codes", [1000, 4096, 4099])
+@pytest.mark.parametrize("cosine", [False, True])
+def test_grouped_search_matches_argmax_and_breaks_ties_to_the_lowest_index(num_codes, cosine):
+    """The fp32 search pads the codebook to whole groups of 128 and takes a two-level argmax; blocks of 300
+    rows leave a shorter last block. Duplicated codes (exact ties) must resolve to the first copy."""
+    torch.manual_seed(0)
+    codes, z = torch.randn(num_codes, 8), torch.randn(1000, 8)
+    codes[-5:] = codes[:5]  # later duplicates of the first codes, in another group
+    codes[130] = codes[7]
+    z[:5] = codes[:5]
+    z[5] = codes[7]
+    if cosine:
+        codes, z = F.normalize(codes, dim=1), F.normalize(z, dim=1)
+    scores = z @ codes.t() if cosine else -torch.cdist(z, codes)
+    found = nearest_code(z, codes, cosine=cosine, chunk=300)
+    best = scores.max(1, keepdim=True).values
+    assert torch.allclose(scores.gather(1, found[:, None]), best, atol=1e-5)  # a nearest code, up to rounding
+    assert torch.equal(found[:6], torch.tensor([0, 1, 2, 3, 4, 7]))  # first of each duplicated pair
+
+
 def test_linear_codebook_learns_through_the_map_and_round_trips():
     vq = VectorQuantizer(dim=8, codebook_size=64, codebook_dim=4, linear_codebook=True)
     assert not isinstance(vq.codebook, torch.nn.Parameter)

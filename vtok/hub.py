@@ -117,11 +117,28 @@ def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
     return f"https://huggingface.co/{repo_id}"
 
 
+EXPORT_USAGE = """usage: vtok-export ckpt=PATH out=DIR [weights=ema|live] [report=PATH] [name=NAME] [push=ORG/NAME]
+
+Write a trained tokenizer in Hugging Face hub format: model.safetensors, config.json (no code references)
+and a model card (README.md) with the evaluation report's numbers.
+
+  ckpt=PATH      a Lightning checkpoint (outputs/RUN/checkpoints/last.ckpt) or an exported folder
+  out=DIR        folder to write
+  weights=ema    ema (default, when the checkpoint has EMA weights) or live
+  report=PATH    report.json for the model card (default: the run's eval/report.json or report.json)
+  name=NAME      model name in the card (default: push's repo id, else the folder name)
+  push=ORG/NAME  also upload to the hub (needs network access and a token)"""
+
+
 def main(argv: list[str] | None = None) -> int:
     """``vtok-export ckpt=PATH out=DIR [push=ORG/NAME] [weights=ema|live] [report=PATH] [name=NAME]``."""
-    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(EXPORT_USAGE)
+        return 0
+    args = dict(a.split("=", 1) for a in argv if "=" in a)
     if "ckpt" not in args or "out" not in args:
-        print(main.__doc__, file=sys.stderr)
+        print(EXPORT_USAGE, file=sys.stderr)
         return 2
     tokenizer, source = load_tokenizer(args["ckpt"], weights=args.get("weights", "ema"))
     report_path = Path(args["report"]) if "report" in args else _report_beside(Path(args["ckpt"]))
