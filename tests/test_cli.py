@@ -32,9 +32,10 @@ def test_quickstart_cli_writes_report_and_picture(tmp_path):
     assert "held-out PSNR" in result.stdout
     report = json.loads((run_dir / "report.json").read_text())
     for key in ("psnr", "ssim", "codebook_usage", "perplexity", "num_images", "train_steps", "train_seconds",
-                "bits_per_pixel", "jpeg", "patch_mean"):
+                "bits_per_pixel", "jpeg", "patch_mean", "codebook_usage_train", "perplexity_train"):
         assert key in report, key
     assert report["num_images"] == 5 and report["train_steps"] == 12  # the 5 held-out photos
+    assert 0 < report["codebook_usage_train"] <= 1 and report["perplexity_train"] >= 1
     assert report["bits_per_pixel"] == pytest.approx(8 / 64)  # 256 codes = 8 bits per 8x8 token
     assert (run_dir / "reconstructions.png").stat().st_size > 0
     assert (run_dir / "checkpoints" / "last.ckpt").exists()

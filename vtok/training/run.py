@@ -95,7 +95,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             module.eval_tokenizer.to(module.device).eval(), datamodule.val_dataloader(), cfg.eval, cfg.data,
             Path(cfg.paths.run_dir), device=module.device,
             extra={"train_steps": result["train_steps"], "train_seconds": result["train_seconds"],
-                   "codebook_usage_train": _float(trainer.callback_metrics.get("train/codebook_usage"))},
+                   # over the trainer's usage window (recent training batches), for comparison with held-out
+                   "codebook_usage_train": _float(trainer.callback_metrics.get("train/codebook_usage")),
+                   "perplexity_train": _float(trainer.callback_metrics.get("train/codebook_perplexity"))},
         )
         result["report"] = report
     return result
