@@ -109,7 +109,10 @@ def test_bf16_search_finds_the_exact_nearest_code(cosine, dim):
     ties, which any fp32 summation order breaks its own way)."""
     torch.manual_seed(0)
     codes = torch.randn(2048, dim)
-    picks = lambda: codes[torch.randint(2048, (1500,))]  # noqa: E731
+
+    def picks() -> torch.Tensor:
+        return codes[torch.randint(2048, (1500,))]
+
     for z, ties in ((torch.randn(1500, dim), False), (picks() + 0.01 * torch.randn(1500, dim), False),
                     ((picks() + picks()) / 2, True)):
         c, z = (F.normalize(codes, dim=1), F.normalize(z, dim=1)) if cosine else (codes, z)
@@ -118,8 +121,8 @@ def test_bf16_search_finds_the_exact_nearest_code(cosine, dim):
         if not ties:
             assert torch.equal(fast, exact)
         else:  # where they differ, both codes are equally near up to fp32 rounding
-            distance = lambda i: (z - c[i]).pow(2).sum(1)  # noqa: E731
-            assert torch.allclose(distance(fast), distance(exact), rtol=1e-5, atol=1e-5)
+            distance_fast, distance_exact = ((z - c[i]).pow(2).sum(1) for i in (fast, exact))
+            assert torch.allclose(distance_fast, distance_exact, rtol=1e-5, atol=1e-5)
 
 
 def test_vq_search_option():

@@ -12,7 +12,7 @@ def rank_and_world_size() -> tuple[int, int]:
     """``(rank, world_size)`` from ``torch.distributed`` when initialised, else from ``RANK``/``WORLD_SIZE``."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def worker_and_count() -> tuple[int, int]:

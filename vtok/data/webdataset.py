@@ -109,8 +109,7 @@ class ShardDataset(IterableDataset):
             while True:
                 yield self.urls[int(rng.integers(len(self.urls)))]
         else:
-            for url in self.urls[rank::world][worker::workers]:
-                yield url
+            yield from self.urls[rank::world][worker::workers]
 
     def _raw_samples(self, rank: int, world: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         def count_and_continue(error: Exception) -> bool:

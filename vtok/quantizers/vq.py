@@ -18,7 +18,6 @@ from .distributed import all_reduce_sum, broadcast, mean_over_ranks
 from .search import bf16_search_is_fast, nearest_code
 from .stats import code_counts, usage_and_perplexity
 
-
 # Below this many codebook entries (codes x lookup dim) the product is too small for bf16 to pay for its
 # candidate re-rank.
 BF16_SEARCH_MIN_SIZE = 2**20

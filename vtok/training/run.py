@@ -104,4 +104,4 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, torch.Tensor) or isinstance(value, (int, float)) else None
+    return float(value) if isinstance(value, (torch.Tensor, int, float)) else None
