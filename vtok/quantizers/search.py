@@ -66,9 +66,11 @@ def nearest_code(z: Tensor, codebook: Tensor, cosine: bool, chunk: int | None = 
         bias_bf16 = None if half_sq_norms is None else (-half_sq_norms).bfloat16().unsqueeze(0)
         code_norm = codebook.norm(dim=1).max()
         max_bias = half_sq_norms.abs().max() if half_sq_norms is not None else code_norm.new_zeros(())
+        fallback = _Fp32Search(codebook, half_sq_norms, min(chunk, z.shape[0]))
         for start in range(0, z.shape[0], chunk):
             out[start : start + chunk] = _certified_bf16_argmax(
-                z[start : start + chunk], codebook, half_sq_norms, codes_bf16, bias_bf16, code_norm, max_bias)
+                z[start : start + chunk], codebook, half_sq_norms, codes_bf16, bias_bf16, code_norm, max_bias,
+                fallback)
         return out
     search = _Fp32Search(codebook, half_sq_norms, min(chunk, z.shape[0]))
     for start in range(0, z.shape[0], chunk):
@@ -102,7 +104,7 @@ class _Fp32Search:
             bias[:num_codes, 0] = 0.0 if half_sq_norms is None else -half_sq_norms
             codes = torch.cat([codes, bias], dim=1)
         self.codes = codes  # (groups * GROUP, d [+ 1])
-        self.scores = codebook.new_empty(self.groups * GROUP, max_rows)
+        self.max_rows, self.scores = max_rows, None  # the buffer is made by the first full-size block
         self.columns = torch.arange(max_rows, device=codebook.device)
 
     def __call__(self, block: Tensor) -> Tensor:
@@ -110,7 +112,9 @@ class _Fp32Search:
         n = block.shape[0]
         if self.augmented:
             block = torch.cat([block, block.new_ones(n, 1)], dim=1)
-        if n == self.scores.shape[1]:
+        if n == self.max_rows:
+            if self.scores is None:
+                self.scores = self.codes.new_empty(self.codes.shape[0], n)
             scores = torch.mm(self.codes, block.t(), out=self.scores)
         else:  # a shorter last block gets its own buffer (``out=`` wants the exact shape, contiguous)
             scores = self.codes @ block.t()
@@ -134,7 +138,8 @@ def _bf16_error_bound(block: Tensor, code_norm: Tensor, max_bias: Tensor, dim: i
 
 
 def _certified_bf16_argmax(block: Tensor, codebook: Tensor, half_sq_norms: Tensor | None, codes_bf16: Tensor,
-                           bias_bf16: Tensor | None, code_norm: Tensor, max_bias: Tensor) -> Tensor:
+                           bias_bf16: Tensor | None, code_norm: Tensor, max_bias: Tensor,
+                           fallback: _Fp32Search) -> Tensor:
     """Exact argmax of ``block @ codebook.T - half_sq_norms`` for ``(n, d)`` rows, via bf16 candidates."""
     num_codes = codebook.shape[0]
     block_bf16 = block.bfloat16()
@@ -155,5 +160,5 @@ def _certified_bf16_argmax(block: Tensor, codebook: Tensor, half_sq_norms: Tenso
     eps = _bf16_error_bound(block, code_norm, max_bias, block.shape[1])
     unsure = (best[:, 0] <= top_scores[:, -1].float() + eps).nonzero(as_tuple=True)[0]
     if len(unsure):
-        winner[unsure] = _Fp32Search(codebook, half_sq_norms, len(unsure))(block[unsure])
+        winner[unsure] = fallback(block[unsure])
     return winner
