@@ -1,5 +1,6 @@
 import io
 import logging
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,26 @@ def test_shards_from_shared_coco_with_captions(shared_data, tmp_path):
                       shuffle_buffer=0)
     first = next(iter(ds))
     assert first["image"].shape == (3, 64, 64)
+
+
+def test_sample_shards_are_written_once_and_rebuilt_when_the_split_changes(tmp_path, monkeypatch):
+    import json
+
+    from vtok.data import samples
+
+    tiny = np.zeros((16, 16, 3), np.uint8)
+    photos = {name: ((lambda: tiny), f"caption of {name}") for name in ("a", "b", "c")}
+    monkeypatch.setattr(samples, "PHOTOS", photos)
+    monkeypatch.setattr(samples, "TRAIN", ("a", "b"))
+    monkeypatch.setattr(samples, "VALIDATION", ("c",))
+    samples.build_sample_shards(tmp_path)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == {"train": ["a", "b"], "val": ["c"]}
+    written = (tmp_path / "train-000000.tar").stat().st_mtime_ns
+    samples.build_sample_shards(tmp_path)  # same split: reused, not rewritten
+    assert (tmp_path / "train-000000.tar").stat().st_mtime_ns == written
+    monkeypatch.setattr(samples, "TRAIN", ("a",))
+    monkeypatch.setattr(samples, "VALIDATION", ("b", "c"))
+    samples.build_sample_shards(tmp_path)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == {"train": ["a"], "val": ["b", "c"]}
+    with tarfile.open(tmp_path / "val-000000.tar") as tar:
+        assert sorted(name for name in tar.getnames() if name.endswith(".png")) == ["b.png", "c.png"]

@@ -79,6 +79,32 @@ def test_ema_follows_weights():
     assert module.ema.updates == 5
 
 
+def test_time_budget_anneals_and_stops_on_the_clock(monkeypatch):
+    """With ``time_budget`` the cosine follows the spent fraction of the budget when it is ahead of the steps,
+    and training stops when the budget is spent (a clock that advances 1 s per step stands in for time)."""
+    import types
+
+    import vtok.training.module as module_file
+    from vtok.training.schedule import warmup_cosine
+
+    clock = iter(range(1000))
+    monkeypatch.setattr(module_file, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    module = TokenizerModule(Tokenizer(**tiny_tokenizer_config()), TokenizerLoss(), lr=1e-2, warmup_steps=1,
+                             total_steps=1000, min_lr_ratio=0.1, time_budget=4.0, ema_decay=None)
+    lrs = []
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    _trainer(100, callbacks=[Watch()]).fit(module, _loader(40, 2))
+    assert module.global_step == 4 and module.train_seconds == 4.0
+    # step k's scheduler update sees the k - 1 seconds spent before it: far ahead of k / 1000 steps
+    expected = [1e-2 * warmup_cosine(k, 1, 1000, 0.1, (k - 1) / 4) for k in range(1, 5)]
+    assert lrs == pytest.approx(expected)
+    assert lrs[-1] < 0.25 * 1e-2  # by steps alone it would still be at 1e-2
+
+
 def _compose(overrides):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         return compose(config_name="train", overrides=overrides)

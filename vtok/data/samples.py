@@ -92,9 +92,9 @@ def build_sample_shards(out_dir: str | Path, force: bool = False) -> Path:
     if manifest.exists() and not force and json.loads(manifest.read_text()) == split:
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    for split, names in (("train", TRAIN), ("val", VALIDATION)):
+    for prefix, names in (("train", TRAIN), ("val", VALIDATION)):
         items = ((name, _png(PHOTOS[name][0]()), "png", PHOTOS[name][1]) for name in names)
-        summary = write_shards(items, out_dir, prefix=split, maxcount=1000, total=len(names))
+        summary = write_shards(items, out_dir, prefix=prefix, maxcount=1000, total=len(names))
         if summary.skipped:
             raise RuntimeError(f"could not decode sample photos {summary.skipped}")
     manifest.write_text(json.dumps(split, indent=2))

@@ -40,6 +40,10 @@ class TokenizerModule(L.LightningModule):
         betas, weight_decay: AdamW settings (no decay on biases, norms and codebooks).
         warmup_steps, min_lr_ratio: warm-up then cosine decay to ``min_lr_ratio * lr`` at ``total_steps``.
         total_steps: length of the cosine schedule (usually ``trainer.max_steps``).
+        time_budget: seconds of training steps (validation and checkpointing not counted) after which the
+            cosine has fully decayed and training stops, whichever of steps and time comes first, so a
+            time-limited run ends annealed on any machine; ``None`` schedules by steps only (reproducible step
+            for step).
         grad_clip: max gradient norm, applied to tokenizer and discriminator separately; 0 disables.
         ema_decay: decay of the weight EMA; ``None`` or 0 disables it.
         usage_window: batches over which codebook usage is counted for logging.
@@ -56,6 +60,7 @@ class TokenizerModule(L.LightningModule):
         warmup_steps: int = 1000,
         min_lr_ratio: float = 0.1,
         total_steps: int = 100_000,
+        time_budget: float | None = None,
         grad_clip: float = 1.0,
         ema_decay: float | None = 0.999,
         usage_window: int = 100,
@@ -83,8 +88,7 @@ class TokenizerModule(L.LightningModule):
             {"params": decay, "weight_decay": h.weight_decay, "lr": h.lr},
             {"params": no_decay, "weight_decay": 0.0, "lr": h.lr},
         ]
-        lambdas = [partial(warmup_cosine, warmup_steps=h.warmup_steps, total_steps=h.total_steps,
-                           min_ratio=h.min_lr_ratio)] * 2
+        lambdas = [self._tokenizer_lr_factor] * 2
         if self.loss.discriminator is not None:
             groups.append({"params": list(self.loss.discriminator.parameters()), "weight_decay": 0.0,
                            "lr": h.disc_lr or h.lr})
@@ -92,6 +96,11 @@ class TokenizerModule(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _tokenizer_lr_factor(self, step: int) -> float:
+        h = self.hparams
+        time_progress = self.train_seconds / h.time_budget if h.time_budget else 0.0
+        return warmup_cosine(step, h.warmup_steps, h.total_steps, h.min_lr_ratio, time_progress)
 
     def on_fit_start(self) -> None:
         if self.ema is not None:
@@ -147,6 +156,12 @@ class TokenizerModule(L.LightningModule):
         if self._last_step_time is not None:
             elapsed = now - self._last_step_time
             self.train_seconds += elapsed
+            if self.hparams.time_budget and self._trainer is not None:
+                if self.trainer.world_size > 1:
+                    # the schedule reads the clock: every rank must read rank 0's, or learning rates drift apart
+                    self.train_seconds = float(self.trainer.strategy.broadcast(self.train_seconds, src=0))
+                if self.train_seconds >= self.hparams.time_budget:
+                    self.trainer.should_stop = True  # the schedule has ended
             world = self.trainer.world_size if self._trainer is not None else 1
             logs["train/images_per_second"] = torch.tensor(images.shape[0] * world / elapsed)
         self._last_step_time = now
