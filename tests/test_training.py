@@ -111,7 +111,8 @@ def _compose(overrides):
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
-    rows = list(csv.DictReader(open(next(run_dir.glob("csv/version_*/metrics.csv")))))
+    with open(next(run_dir.glob("csv/version_*/metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
     return {int(r["step"]): float(r["train/total"]) for r in rows if r.get("train/total")}
 
 
