@@ -106,6 +106,40 @@ def test_resampled_stream_differs_per_rank_and_worker(tmp_path, monkeypatch):
     assert two_workers[:4] != two_workers[4:8]  # the two workers read different samples
 
 
+def test_small_shards_are_read_once_and_replayed_identically(tmp_path, monkeypatch):
+    import vtok.data.webdataset as wds_module
+
+    urls = _stream_shards(tmp_path)  # 4 shards of 10 samples
+    opened = []
+    real_opener = wds_module.url_opener
+
+    def counting_opener(streams, **kwargs):
+        def counted():
+            for item in streams:
+                opened.append(item["url"])
+                yield item
+
+        return real_opener(counted(), **kwargs)
+
+    monkeypatch.setattr(wds_module, "url_opener", counting_opener)
+
+    def stream(decode_cache: int) -> tuple[list[str], list[torch.Tensor]]:
+        opened.clear()
+        ds = ShardDataset(urls, ImageTransform(size=16), resampled=True, shuffle_buffer=8, seed=5,
+                          decode_cache=decode_cache)
+        samples = [s for _, s in zip(range(150), ds)]
+        return [s["key"] for s in samples], [s["image"] for s in samples]
+
+    keys, images = stream(0)
+    visits = len(opened)
+    assert visits >= 15  # 150 samples from 10-sample shards
+    cached_keys, cached_images = stream(10)
+    assert cached_keys == keys and all(torch.equal(a, b) for a, b in zip(images, cached_images))
+    assert len(opened) == len(set(opened)) <= 4  # each shard read from disk once
+    stream(5)  # shards larger than the cache are read on every visit
+    assert len(opened) == visits
+
+
 def test_resume_skips_exactly_the_consumed_batches(tmp_path):
     urls = _stream_shards(tmp_path)
     for workers in (0, 2):

@@ -65,6 +65,8 @@ class ShardDataset(IterableDataset):
         epoch_length: samples each rank yields per pass (``with_epoch``); ``None`` for endless/one pass.
         decode_cache: decoded images kept per worker, keyed by sample key; for small sets such as the
             embedded samples, where decoding a whole photo for every small crop would dominate the step.
+            A shard with no more samples than this is also kept in memory after its first read, so that
+            resampling it replays the same samples instead of re-reading the tar.
 
     Yields:
         dicts with ``image`` ``(3, H, W)`` in ``[-1, 1]``, ``key`` and, with ``captions``, ``caption``.
@@ -95,6 +97,7 @@ class ShardDataset(IterableDataset):
         self.skipped_bad = 0
         self.decode_cache = decode_cache
         self._decoded: dict[str, Any] = {}
+        self._small_shards: dict[str, list[dict[str, Any]]] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -116,9 +119,23 @@ class ShardDataset(IterableDataset):
             log.warning("skipping unreadable shard data: %s", error)
             return True
 
-        streams = ({"url": url} for url in self._my_shards(rank, world, worker, workers))
-        files = tar_file_expander(url_opener(streams, handler=count_and_continue), handler=count_and_continue)
-        samples = group_by_keys(files, handler=count_and_continue)
+        def read(url: str) -> Iterator[dict[str, Any]]:
+            if url in self._small_shards:
+                yield from self._small_shards[url]
+                return
+            files = tar_file_expander(url_opener([{"url": url}], handler=count_and_continue),
+                                      handler=count_and_continue)
+            kept: list[dict[str, Any]] = []
+            small = self.decode_cache > 0
+            for sample in group_by_keys(files, handler=count_and_continue):
+                if small:
+                    kept.append(sample)
+                    small = len(kept) <= self.decode_cache
+                yield sample
+            if small:  # the whole shard was read and fits
+                self._small_shards[url] = kept
+
+        samples = (sample for url in self._my_shards(rank, world, worker, workers) for sample in read(url))
         if self.shuffle_buffer <= 1:
             yield from samples
             return
