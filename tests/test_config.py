@@ -16,12 +16,12 @@ def test_command_line_override_changes_the_model():
     from hydra.core.hydra_config import HydraConfig
 
     base = _compose(["experiment=quickstart"])
-    changed = _compose(["experiment=quickstart", "model.encoder.channels=24", "quantizer.codebook_size=512"])
+    changed = _compose(["experiment=quickstart", "model.encoder.channels=24", "quantizer.codebook_size=1024"])
     HydraConfig.instance().set_config(changed)
     a, b = instantiate(base.model), instantiate(changed.model)
     assert a.encoder.layers[1].out_channels == 32 and b.encoder.layers[1].out_channels == 24
     assert b.decoder.conv_out.in_channels == 24  # the decoder follows the encoder's width
-    assert a.vocab_size == 4096 and b.vocab_size == 512
+    assert a.vocab_size == 512 and b.vocab_size == 1024
 
 
 def test_every_experiment_composes():

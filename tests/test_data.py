@@ -224,3 +224,22 @@ def test_sample_shards_are_written_once_and_rebuilt_when_the_split_changes(tmp_p
     assert json.loads((tmp_path / "manifest.json").read_text()) == {"train": ["a"], "val": ["b", "c"]}
     with tarfile.open(tmp_path / "val-000000.tar") as tar:
         assert sorted(name for name in tar.getnames() if name.endswith(".png")) == ["b.png", "c.png"]
+
+
+def test_whole_images_of_different_sizes_batch_only_one_at_a_time(tmp_path):
+    from vtok.data import TokenizerDataModule
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "wide.png").write_bytes(_png((200, 10, 10), size=(48, 32)))
+    (root / "tall.png").write_bytes(_png((10, 200, 10), size=(32, 48)))
+    full = ImageFolder(str(root), ImageTransform(size=16, mode="full", multiple=16))
+
+    def loader(val_batch_size):
+        data = TokenizerDataModule(train=full, val=full, val_batch_size=val_batch_size, num_workers=0)
+        data.setup("validate")
+        return data.val_dataloader()
+
+    assert {tuple(batch["image"].shape) for batch in loader(1)} == {(1, 3, 32, 48), (1, 3, 48, 32)}
+    with pytest.raises(ValueError, match=r"data.val_batch_size=1"):
+        next(iter(loader(2)))

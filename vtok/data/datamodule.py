@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from .stream import RandomSampleStream
 
@@ -68,7 +68,8 @@ class TokenizerDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, num_workers=min(self.num_workers, 1))
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, num_workers=min(self.num_workers, 1),
+                          collate_fn=collate_same_size)
 
     def state_dict(self) -> dict[str, Any]:
         # One optimiser step per batch, so the global step is the number of batches this rank consumed.
@@ -76,6 +77,17 @@ class TokenizerDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume_batches = int(state.get("batches", 0))
+
+
+def collate_same_size(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack sample dicts into a batch (``image``: ``(B, 3, H, W)``), or say why images of different sizes
+    cannot share one (whole-image evaluation of photos of different sizes)."""
+    shapes = sorted({tuple(sample["image"].shape) for sample in samples})
+    if len(shapes) > 1:
+        raise ValueError(f"validation images of different sizes in one batch ({shapes[0]} and {shapes[-1]}): "
+                         "whole images (data.val.transform.mode=full) go one at a time, set "
+                         "data.val_batch_size=1")
+    return default_collate(samples)
 
 
 def _build(source: Any) -> Dataset:

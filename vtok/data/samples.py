@@ -70,7 +70,7 @@ PHOTOS: dict[str, tuple[Callable[[], np.ndarray], str]] = {
     "motorcycle_right": (_stereo_motorcycle(1), "a motorcycle parked in a workshop, seen from the right"),
 }
 # Both stereo views are held out together (one would leak the other). 5 photos, ~22,000 f8 tokens: enough
-# for a 4,096-code usage figure to mean something (a uniform code distribution would cover 99.5%).
+# for a usage figure to mean something (uniformly drawn, they would cover 99.5% of 4,096 codes and all of 512).
 VALIDATION = ("chelsea", "coffee", "grace_hopper", "motorcycle_left", "motorcycle_right")
 TRAIN = tuple(name for name in PHOTOS if name not in VALIDATION)
 
