@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Huge pages for torch's CPU allocator: 1.5-1.8x faster on large temporaries.
 export THP_MEM_ALLOC_ENABLE = 1
 
-.PHONY: install quickstart test test-fast bench clean
+.PHONY: install quickstart test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ quickstart: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Ruff, pinned in pyproject.toml with its rule set; CI runs it before the tests.
+lint: install
+	$(PY) -m ruff check .
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

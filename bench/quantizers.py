@@ -94,7 +94,8 @@ def run_one(case: str, impl: str, repeats: int) -> dict:
     else:
         import vector_quantize_pytorch as vqp
 
-        module = eval(peer_source, {name: getattr(vqp, name) for name in ("VectorQuantize", "FSQ", "LFQ", "ResidualVQ")})
+        peers = {name: getattr(vqp, name) for name in ("VectorQuantize", "FSQ", "LFQ", "ResidualVQ")}
+        module = eval(peer_source, peers)
         module.train()
 
         def step(z):
@@ -160,10 +161,12 @@ def main() -> None:
                                    "--memory-limit-gib", str(args.memory_limit_gib)],
                                   capture_output=True, text=True, env=os.environ)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-            results[impl] = json.loads(lines[-1]) if lines else {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
+            error = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+            results[impl] = json.loads(lines[-1]) if lines else {"error": error}
         v, p = results["vtok"], results["peer"]
         flops = CASES[case][3]
-        fmt = lambda r, k, f: f.format(r[k]) if k in r else "fails"
+        def fmt(r, k, f):
+            return f.format(r[k]) if k in r else "fails"
         speed = f"{p['seconds'] / v['seconds']:.1f}x" if "seconds" in v and "seconds" in p else "-"
         memory = f"{p['peak_mib'] / max(v['peak_mib'], 1):.1f}x" if "peak_mib" in v and "peak_mib" in p else "-"
         share = f"{100 * flops / v['seconds'] / 1e9 / peak:.0f}%" if flops and "seconds" in v else "-"

@@ -2,17 +2,16 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, TOY
 
-TINY = [
-    "model.encoder.channels=16", "model.encoder.channel_mult=[1,2]", "model.encoder.num_res_blocks=1",
-    "model.encoder.patch_size=4", "quantizer.codebook_size=256",
-]
+# Commands the README shows, run verbatim (in a scratch folder beside a link to train.py and configs/).
+README_TOY = "python train.py experiment=titok_s128 scale=toy data=synthetic"
 
 
 def _run(args, tmp_path, env=None, timeout=600):
@@ -23,13 +22,33 @@ def _run(args, tmp_path, env=None, timeout=600):
     return result
 
 
+def run_readme_command(command: str, folder, timeout=600) -> subprocess.CompletedProcess:
+    """Run a README command exactly as written, from ``folder`` (which gets links to train.py and configs/)."""
+    assert command in (ROOT / "README.md").read_text(), f"the README no longer shows {command!r}"
+    for name in ("train.py", "configs"):
+        if not (folder / name).exists():
+            (folder / name).symlink_to(ROOT / name)
+    argv = shlex.split(command)
+    argv[0] = sys.executable
+    return subprocess.run(argv, cwd=folder, capture_output=True, text=True, timeout=timeout)
+
+
+def test_readme_toy_command_runs_offline(tmp_path):
+    result = run_readme_command(README_TOY, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "trained 3 steps" in result.stdout
+    # titok_s128 trains with LPIPS: at toy size its backbone is random, and the log says so
+    assert "LPIPS with a RANDOM backbone" in result.stdout + result.stderr
+    assert (tmp_path / "outputs" / "titok_s128" / "checkpoints" / "last.ckpt").is_file()
+
+
 @pytest.mark.slow
 def test_quickstart_cli_writes_report_and_picture(tmp_path):
     result = _run(["experiment=quickstart", "trainer.max_steps=12", "trainer.val_check_interval=6",
-                   "trainer.enable_progress_bar=false", *TINY], tmp_path)
+                   "quantizer.codebook_size=256", *TOY], tmp_path)
     run_dir = tmp_path / "outputs" / "quickstart"
     assert f"report: {run_dir / 'report.json'}" in result.stdout
-    assert "held-out PSNR" in result.stdout
+    assert "held-out PSNR" in result.stdout and "trained 12 steps" in result.stdout
     report = json.loads((run_dir / "report.json").read_text())
     for key in ("psnr", "ssim", "codebook_usage", "perplexity", "num_images", "train_steps", "train_seconds",
                 "bits_per_pixel", "jpeg", "patch_mean", "codebook_usage_train", "perplexity_train"):
@@ -41,22 +60,32 @@ def test_quickstart_cli_writes_report_and_picture(tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (tmp_path / "data" / "samples" / "manifest.json").exists()  # sample shards written once
     # a second run in the same directory starts afresh (overwrite=true) and keeps the old checkpoints aside
-    _run(["experiment=quickstart", "trainer.max_steps=2", "evaluate=false", "trainer.enable_progress_bar=false",
-          *TINY], tmp_path)
+    _run(["experiment=quickstart", "trainer.max_steps=2", "evaluate=false", *TOY], tmp_path)
     assert list(run_dir.glob("checkpoints.old-*"))
+
+
+def test_summary_warns_when_a_time_budget_allowed_far_fewer_steps_than_expected():
+    from vtok.experiment import summary
+
+    result = {"train_steps": 860, "train_seconds": 555.0, "time_budget": 555, "expected_steps_per_second": 4.5,
+              "checkpoint": "c"}
+    text = summary(result)
+    assert "trained 860 steps in 555 s" in text and "WARNING: 1.5 steps/s" in text and "about 2,498" in text
+    assert "WARNING" not in summary({**result, "train_steps": 2600})
+    assert "WARNING" not in summary({**result, "time_budget": 30, "train_steps": 150, "train_seconds": 30.0})
 
 
 @pytest.mark.slow
 def test_all_loggers_including_wandb_offline(tmp_path):
     _run(["data=synthetic", "loss=pixel", "logger=all", "trainer.max_steps=4", "trainer.log_every_n_steps=1",
-          "callbacks.reconstruction_grid.every_n_steps=2", "trainer.enable_progress_bar=false", *TINY], tmp_path,
-         env={"WANDB_MODE": "offline"})
+          "callbacks.reconstruction_grid.every_n_steps=2", *TOY], tmp_path, env={"WANDB_MODE": "offline"})
     run_dir = tmp_path / "outputs" / "default"
     assert list(run_dir.glob("csv/version_*/metrics.csv"))
     assert list(run_dir.glob("tensorboard/version_*/events.out.tfevents.*"))
     assert list(run_dir.glob("wandb/offline-run-*"))
     assert (run_dir / "images" / "recon_0000002.png").exists()
-    header = open(next(run_dir.glob("csv/version_*/metrics.csv"))).readline()
+    with open(next(run_dir.glob("csv/version_*/metrics.csv"))) as metrics:
+        header = metrics.readline()
     for column in ("train/total", "train/codebook_usage", "train/codebook_perplexity", "train/lr",
                    "train/images_per_second", "train/quantizer/commitment"):
         assert column in header, column

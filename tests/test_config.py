@@ -1,33 +1,39 @@
 import subprocess
 import sys
 
-from hydra import compose, initialize_config_dir
+import pytest
 from hydra.utils import instantiate
 
-from .conftest import ROOT
+from .conftest import ROOT, compose_config
 
-
-def _compose(overrides):
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+PRESETS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 
 
 def test_command_line_override_changes_the_model():
-    from hydra.core.hydra_config import HydraConfig
-
-    base = _compose(["experiment=quickstart"])
-    changed = _compose(["experiment=quickstart", "model.encoder.channels=24", "quantizer.codebook_size=1024"])
-    HydraConfig.instance().set_config(changed)
+    base = compose_config("experiment=quickstart", toy=False)
+    changed = compose_config("experiment=quickstart", "arch.width=24", "quantizer.codebook_size=1024", toy=False)
     a, b = instantiate(base.model), instantiate(changed.model)
     assert a.encoder.layers[1].out_channels == 32 and b.encoder.layers[1].out_channels == 24
-    assert b.decoder.conv_out.in_channels == 24  # the decoder follows the encoder's width
+    assert b.decoder.conv_out.in_channels == 24  # the decoder follows arch.decoder_width = arch.width
     assert a.vocab_size == 512 and b.vocab_size == 1024
 
 
-def test_every_experiment_composes():
-    for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
-        cfg = _compose([f"experiment={path.stem}"])
-        assert cfg.experiment_name == path.stem
+@pytest.mark.parametrize("preset", PRESETS)
+def test_toy_scale_shrinks_every_preset_the_same_way(preset):
+    full = compose_config(f"experiment={preset}", toy=False)
+    toy = compose_config(f"experiment={preset}")
+    assert toy.experiment_name == full.experiment_name == preset
+    assert toy.model.encoder.kind == full.model.encoder.kind and toy.quantizer.kind == full.quantizer.kind
+    # every family reads its sizes from arch: the toy widths reach both encoder and decoder
+    widths = [v for part in ("encoder", "decoder") for k, v in toy.model[part].items() if k in ("channels", "width")]
+    assert widths and set(widths) == {16}, widths
+    assert toy.data.image_size == 32 and toy.trainer.max_steps == 3
+
+
+def test_one_crop_key_for_every_image_data_source():
+    for data in ("samples", "folder", "webdataset"):
+        cfg = compose_config(f"data={data}", "data.val_crop=full", toy=False)
+        assert cfg.data.val.transform.mode == "full", data
 
 
 def test_unknown_choice_lists_available_options():

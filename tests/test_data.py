@@ -67,7 +67,7 @@ def test_reader_skips_and_counts_corrupt_members(tmp_path, caplog):
 
 
 def test_missing_and_empty_paths_are_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="shard not found: .*nope-000000.tar"):
+    with pytest.raises(FileNotFoundError, match=r"shard not found: .*nope-000000\.tar"):
         ShardDataset(str(tmp_path / "nope-{000000..000001}.tar"))
     with pytest.raises(FileNotFoundError, match="no shards match"):
         ShardDataset(str(tmp_path / "*.tar"))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, TOY
 
 
 @pytest.mark.slow
@@ -17,8 +17,7 @@ def test_ddp_two_processes_read_different_data_and_keep_identical_codebooks(tmp_
     cmd = [
         sys.executable, "train.py", f"paths.root_dir={tmp_path}", "run_name=ddp", "data=synthetic",
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=8",
-        "trainer.val_check_interval=4", "trainer.enable_progress_bar=false", "loss=pixel",
-        "model.encoder.channels=16", "model.encoder.channel_mult=[1,2]", "model.encoder.num_res_blocks=1",
+        "trainer.val_check_interval=4", "loss=pixel", *TOY,
         "model.encoder.attention=false", "model.encoder.out_dim=16", "quantizer.codebook_size=64",
         "quantizer.restart_threshold=0.5", "quantizer.restart_decay=0.5", "module.warmup_steps=2",
         "+callbacks.record._target_=helpers.RecordRanks", f"+callbacks.record.out_dir={record}",

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,3 +59,16 @@ def test_report_has_every_key(tmp_path):
     assert saved["num_images"] == 3 and saved["bits_per_pixel"] == pytest.approx(6 / 16)
     assert (tmp_path / "reconstructions.png").stat().st_size > 0
     assert report["report_path"] == str(tmp_path / "report.json")
+
+
+def test_a_fixed_size_tokenizer_refuses_data_it_cannot_decode_with_the_overrides_to_add(tmp_path):
+    from omegaconf import OmegaConf
+
+    from vtok.eval.__main__ import check_data_fits, default_out_dir
+
+    check_data_fits(None, OmegaConf.create({"val_crop": "full", "image_size": 256}))  # grids take any size
+    check_data_fits(64, OmegaConf.create({"val_crop": "center", "image_size": 64}))
+    with pytest.raises(ValueError, match=r"add data\.val_crop=center data\.image_size=64"):
+        check_data_fits(64, OmegaConf.create({"val_crop": "full", "image_size": 256}))
+    assert default_out_dir(tmp_path / "run/checkpoints/last.ckpt", tmp_path / "outputs") == tmp_path / "run/eval"
+    assert default_out_dir(Path("org/model"), tmp_path / "outputs") == tmp_path / "outputs/eval/org--model"

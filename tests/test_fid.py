@@ -1,6 +1,7 @@
 """rFID maths, reference caching, LPIPS in reports, the pretrained-weights command, and DDP accumulation."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,13 +100,11 @@ def test_report_holds_fid_lpips_entropy_and_throughput():
 
 
 def test_weights_command_lists_what_a_config_needs(tmp_path, capsys, monkeypatch):
-    from hydra import compose, initialize_config_dir
+    from .conftest import ROOT, compose_config
 
-    from .conftest import ROOT
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        assert files_needed(compose(config_name="train", overrides=["experiment=quickstart"])) == []
-        needed = files_needed(compose(config_name="train", overrides=["experiment=llamagen_vq16"]))
+    assert files_needed(compose_config("experiment=quickstart", toy=False)) == []
+    assert files_needed(compose_config("experiment=llamagen_vq16")) == []  # toy scale: nothing to download
+    needed = files_needed(compose_config("experiment=llamagen_vq16", toy=False))
     assert needed == [("lpips_vgg", "loss.perceptual.backbone_path"), ("fid_inception", "eval.inception_path"),
                       ("lpips_alex", "eval.lpips_backbone_path")]
     monkeypatch.chdir(ROOT)
@@ -113,7 +112,7 @@ def test_weights_command_lists_what_a_config_needs(tmp_path, capsys, monkeypatch
     assert "needs no pretrained files" in capsys.readouterr().out
 
     def fake_download(url, path, progress=True):  # stands in for the network: a file with the wrong hash
-        open(path, "wb").write(b"not the weights")
+        Path(path).write_bytes(b"not the weights")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     assert weights_main([f"out={tmp_path}", "experiment=vqgan_f16"]) == 1

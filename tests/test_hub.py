@@ -10,7 +10,7 @@ import torch
 from vtok import Tokenizer
 from vtok.hub import export, load_tokenizer, push
 from vtok.hub import main as export_main
-from vtok.tokenizers.pretrained import UnsafeConfigError
+from vtok.tokenizers.serialization import UnsafeConfigError
 
 from .conftest import ROOT, tiny_tokenizer_config
 
@@ -121,7 +121,7 @@ def test_push_without_network_fails_clearly(tmp_path, monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", offline)
-    with pytest.raises(RuntimeError, match="could not push .* needs network access and a token"):
+    with pytest.raises(RuntimeError, match=r"could not push .* needs network access and a token"):
         push(tmp_path, "me/tokenizer")
 
 

@@ -4,15 +4,33 @@ import resource
 
 import pytest
 import torch
+from torch import Tensor
 
 from vtok.quantizers import QUANTIZERS, build_quantizer
-from vtok.quantizers.entropy import (
-    codebook_entropy_brute_force,
-    codebook_entropy_exact,
-    codebook_entropy_factorized,
-    per_sample_entropy,
-    per_sample_entropy_brute_force,
-)
+from vtok.quantizers.entropy import codebook_entropy_exact, codebook_entropy_factorized, per_sample_entropy
+
+
+# Brute-force references: the full N x 2^d probability matrix the fast entropies avoid.
+def codebook_entropy_brute_force(logits: Tensor) -> Tensor:
+    """Reference: the full ``N x 2^d`` probability matrix (small ``d``)."""
+    d = logits.shape[1]
+    codes = torch.arange(2**d, device=logits.device)
+    bits = ((codes.unsqueeze(-1) & (2 ** torch.arange(d, device=logits.device))) > 0).to(logits.dtype)
+    p = torch.sigmoid(logits)
+    probs = (bits * p.unsqueeze(1) + (1 - bits) * (1 - p.unsqueeze(1))).prod(-1)  # (N, 2^d)
+    mean = probs.mean(0)
+    return -(mean * mean.clamp_min(1e-30).log()).sum()
+
+
+def per_sample_entropy_brute_force(logits: Tensor) -> Tensor:
+    """Reference for :func:`per_sample_entropy` (small ``d``)."""
+    d = logits.shape[1]
+    codes = torch.arange(2**d, device=logits.device)
+    bits = ((codes.unsqueeze(-1) & (2 ** torch.arange(d, device=logits.device))) > 0).to(logits.dtype)
+    p = torch.sigmoid(logits)
+    probs = (bits * p.unsqueeze(1) + (1 - bits) * (1 - p.unsqueeze(1))).prod(-1)
+    return -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean()
+
 
 DIM = 16
 KINDS = {
@@ -82,7 +100,7 @@ def test_learns_a_toy_target(name):
     """
     torch.manual_seed(0)
     centres = torch.randn(16, 3) @ torch.randn(3, DIM)
-    encoder, decoder = torch.nn.Linear(DIM, DIM), torch.nn.Linear(make(name).dim, DIM)
+    encoder, decoder = torch.nn.Linear(DIM, DIM), torch.nn.Linear(make(name).out_dim, DIM)
     q = make(name)
     params = [*encoder.parameters(), *decoder.parameters(), *q.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-2)

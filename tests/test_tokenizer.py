@@ -49,7 +49,7 @@ def test_config_rebuilds_same_architecture(tiny_config):
 
 def test_unknown_kind_is_refused(tiny_config):
     tiny_config["encoder"]["kind"] = "os.system"
-    with pytest.raises(ValueError, match="unknown encoder kind 'os.system'; choose one of"):
+    with pytest.raises(ValueError, match=r"unknown encoder kind 'os\.system'; choose one of"):
         Tokenizer(**tiny_config)
     config = tiny_tokenizer_config()
     config["quantizer"]["kind"] = "nope"
@@ -114,3 +114,66 @@ def test_vq_data_init_places_codes_on_the_data():
         assert (vq.codebook.mean(0) - 5.0).abs().max() < 0.5
         vq.eval()
         assert torch.unique(vq(data).indices).numel() >= 28
+
+
+def test_every_family_implements_the_declared_parts():
+    from vtok.tokenizers import DECODERS, ENCODERS
+    from vtok.tokenizers.parts import Decoder, Encoder
+
+    assert all(issubclass(cls, Encoder) for cls in ENCODERS.values())
+    assert all(issubclass(cls, Decoder) for cls in DECODERS.values())
+
+
+def test_named_features_have_channels_last_grids_and_unknown_names_fail(tiny_config):
+    tokenizer = Tokenizer(**tiny_config)
+    assert tokenizer.feature_names == ("encoder", "quantized", "encoder.level0", "encoder.level1",
+                                       "encoder.level2", "encoder.mid")
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = tokenizer(images, features=["encoder.level0", "encoder.mid", "encoder", "quantized"])
+    assert out.features["encoder.level0"].shape == (2, 32, 32, 16)  # level 0: full resolution, 16 channels
+    assert out.features["encoder.mid"].shape == (2, 8, 8, 32)
+    assert out.features["encoder"].shape == out.features["quantized"].shape == (2, 8, 8, 16)
+    assert torch.equal(out.features["quantized"], out.tokens.latents)
+    # asking for features changes nothing else
+    torch.manual_seed(1)
+    plain = tokenizer(images)
+    assert torch.equal(plain.reconstruction, out.reconstruction) and plain.features == {}
+    with pytest.raises(KeyError, match=r"unknown tokenizer features \['encoder.level9'\]"):
+        tokenizer(images, features=["encoder.level9"])
+
+
+def test_quantizer_sizes_have_one_meaning():
+    from vtok.quantizers import build_quantizer
+
+    gaussian = build_quantizer({"kind": "gaussian", "dim": 16})
+    assert (gaussian.in_dim, gaussian.out_dim) == (16, 8)
+    assert gaussian(torch.randn(4, 16)).quantized.shape == (4, 8)
+    for kind in ({"kind": "vq", "codebook_size": 8}, {"kind": "fsq", "levels": [3, 3]}, {"kind": "lfq", "bits": 4}):
+        quantizer = build_quantizer({**kind, "dim": 16})
+        assert quantizer.in_dim == quantizer.out_dim == 16
+
+
+@pytest.mark.parametrize("kind", [{"kind": "vq", "codebook_size": 8}, {"kind": "fsq", "levels": [3, 3]},
+                                  {"kind": "lfq", "bits": 4}, {"kind": "bernoulli", "bits": 4},
+                                  {"kind": "gaussian"}])
+def test_quantizers_compute_in_fp32_and_answer_in_the_input_dtype(kind):
+    from vtok.quantizers import build_quantizer
+
+    quantizer = build_quantizer({**kind, "dim": 16})
+    seen = []
+    quantizer.project_in.register_forward_hook(lambda module, args, out: seen.append(args[0].dtype))
+    z = torch.randn(4, 16, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = quantizer(z)
+    assert seen == [torch.float32] and out.quantized.dtype == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in out.losses.values())
+
+
+def test_usage_window_counts_exactly_the_last_batches():
+    from vtok.quantizers.stats import UsageWindow
+
+    window = UsageWindow(codebook_size=10, window=3)
+    batches = [torch.bincount(torch.randint(0, 10, (7,)), minlength=10).float() for _ in range(6)]
+    for i, counts in enumerate(batches):
+        window.update(counts)
+        assert torch.equal(window.counts(), torch.stack(batches[max(0, i - 2): i + 1]).sum(0))

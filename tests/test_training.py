@@ -7,16 +7,15 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
 from vtok import Tokenizer
 from vtok.data import SyntheticCaptions
+from vtok.experiment import run as train
 from vtok.losses import TokenizerLoss
 from vtok.training import TokenizerModule
-from vtok.training.run import train
 
-from .conftest import ROOT, tiny_tokenizer_config
+from .conftest import tiny_tokenizer_config
 
 
 def _trainer(max_steps: int, **kwargs) -> L.Trainer:
@@ -105,11 +104,6 @@ def test_time_budget_anneals_and_stops_on_the_clock(monkeypatch):
     assert lrs[-1] < 0.25 * 1e-2  # by steps alone it would still be at 1e-2
 
 
-def _compose(overrides):
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        return compose(config_name="train", overrides=overrides)
-
-
 def _losses(run_dir: Path) -> dict[int, float]:
     with open(next(run_dir.glob("csv/version_*/metrics.csv"))) as f:
         rows = list(csv.DictReader(f))
@@ -117,23 +111,21 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 
 @pytest.mark.parametrize("data", ["synthetic"])
-def test_resume_gives_the_same_next_steps(tmp_path, data):
+def test_resume_gives_the_same_next_steps(tmp_path, compose_run, data):
     common = [
-        f"paths.root_dir={tmp_path}", f"data={data}", "trainer=cpu", "trainer.max_steps=6",
-        "trainer.log_every_n_steps=1", "trainer.val_check_interval=100", "trainer.enable_progress_bar=false",
+        f"data={data}", "trainer=cpu", "trainer.max_steps=6", "trainer.val_check_interval=100",
         "callbacks.model_checkpoint.every_n_train_steps=3", "callbacks.reconstruction_grid.every_n_steps=100",
         "loss=vqgan", "loss.perceptual_weight=0", "loss.disc_start=2", "loss.discriminator.channels=8",
-        "model.encoder.channels=16", "model.encoder.channel_mult=[1,2]", "model.encoder.num_res_blocks=1",
         "model.encoder.out_dim=16", "quantizer.codebook_size=64", "quantizer.restart_threshold=0.5",
         "module.warmup_steps=2", "module.ema_decay=0.9",
     ]
-    full = train(_compose(common + ["run_name=full"]))
+    full = train(compose_run(*common, "run_name=full"))
     assert full["train_steps"] == 6
     checkpoint = tmp_path / "outputs/full/checkpoints/step0000003.ckpt"
     resumed_dir = tmp_path / "outputs/resumed/checkpoints"
     resumed_dir.mkdir(parents=True)
     shutil.copy(checkpoint, resumed_dir / "last.ckpt")
-    resumed = train(_compose(common + ["run_name=resumed", "resume=auto"]))
+    resumed = train(compose_run(*common, "run_name=resumed", "resume=auto"))
     assert resumed["train_steps"] == 6
 
     a, b = _losses(tmp_path / "outputs/full"), _losses(tmp_path / "outputs/resumed")
@@ -148,10 +140,10 @@ def test_resume_gives_the_same_next_steps(tmp_path, data):
         assert torch.equal(value, final_b["ema"]["weights"][key]), key
 
 
-def test_existing_run_dir_needs_resume_or_overwrite(tmp_path):
+def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, compose_run):
     checkpoints = tmp_path / "outputs/x/checkpoints"
     checkpoints.mkdir(parents=True)
     (checkpoints / "last.ckpt").write_bytes(b"")
-    cfg = _compose([f"paths.root_dir={tmp_path}", "run_name=x"])
-    with pytest.raises(FileExistsError, match="resume=auto.*overwrite=true"):
+    cfg = compose_run("run_name=x")
+    with pytest.raises(FileExistsError, match=r"resume=auto.*overwrite=true"):
         train(cfg)

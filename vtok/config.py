@@ -12,4 +12,5 @@ def config_dir() -> Path:
                       Path(__file__).resolve().parents[1] / "configs"):
         if candidate and (Path(candidate) / "train.yaml").is_file():
             return Path(candidate).resolve()
-    raise FileNotFoundError("no vtok config tree found: run from a vtok checkout or set VTOK_CONFIG_DIR=/path/to/configs")
+    raise FileNotFoundError("no vtok config tree found: run from a vtok checkout or set "
+                            "VTOK_CONFIG_DIR=/path/to/configs")

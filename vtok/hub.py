@@ -1,4 +1,4 @@
-"""Export trained tokenizers to Hugging Face folders, publish them, and load checkpoints for evaluation.
+"""Export trained tokenizers to Hugging Face folders and publish them.
 
 ``vtok-export ckpt=outputs/RUN/checkpoints/last.ckpt out=DIR [push=ORG/NAME] [weights=ema|live] [report=PATH]``
 writes ``model.safetensors`` (EMA weights by default), ``config.json`` (plain data) and a ``README.md`` model card
@@ -12,42 +12,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import vtok
+from vtok.checkpoint import load_tokenizer
 from vtok.tokenizers import Tokenizer
-from vtok.tokenizers.pretrained import load_pretrained
+
+__all__ = ["export", "load_tokenizer", "main", "model_card", "push"]
 
 CARD_METRICS = ("psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity", "bits_per_pixel",
                 "tokens_per_image", "num_images")
-
-
-def load_tokenizer(source: str | Path, weights: str = "ema") -> tuple[Tokenizer, str]:
-    """A tokenizer from a Lightning checkpoint (``weights``: ``ema`` or ``live``) or an exported folder / repo id.
-
-    Returns:
-        ``(tokenizer, description of the weights used)``.
-    """
-    path = Path(source)
-    if path.is_file() and path.suffix == ".ckpt":
-        # Our own training checkpoints: tensors and plain types only (weights_only refuses anything else).
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if "tokenizer_config" not in checkpoint:
-            raise ValueError(f"{path} holds no tokenizer_config: it was not written by vtok's trainer")
-        tokenizer = Tokenizer(**checkpoint["tokenizer_config"])
-        if weights == "ema" and "ema" in checkpoint:
-            state, used = checkpoint["ema"]["weights"], "ema"
-        elif weights in ("ema", "live"):
-            prefix = "tokenizer."
-            state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-            used = "live" if weights == "live" else "live (the checkpoint kept no EMA)"
-        else:
-            raise ValueError(f"weights={weights!r}: use ema or live")
-        tokenizer.load_state_dict(state, strict=True)
-        return tokenizer.eval(), f"{used} weights of {path} (step {checkpoint.get('global_step')})"
-    if path.is_file():
-        raise ValueError(f"{path}: expected a Lightning .ckpt written by vtok, or an exported folder")
-    return load_pretrained(source), f"exported tokenizer {source}"
 
 
 def export(tokenizer: Tokenizer, out_dir: str | Path, report: dict[str, Any] | None = None,

@@ -96,8 +96,9 @@ def files_needed(cfg: Any) -> list[tuple[str, str]]:
     """``(file name in FILES, config key)`` for every pretrained file a composed train/eval config uses."""
     needed: list[tuple[str, str]] = []
     loss = cfg.get("loss") or {}
-    if (loss.get("perceptual_weight") or 0) > 0:
-        net = (loss.get("perceptual") or {}).get("net", "vgg")
+    perceptual = loss.get("perceptual") or {}
+    if (loss.get("perceptual_weight") or 0) > 0 and not perceptual.get("random_backbone"):
+        net = perceptual.get("net", "vgg")
         needed.append((f"lpips_{net}", "loss.perceptual.backbone_path"))
     evaluation = cfg.get("eval") or {}
     if evaluation.get("fid"):

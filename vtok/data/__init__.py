@@ -1,16 +1,30 @@
-"""Data sources for tokenizer training: WebDataset shards, image folders, samples and synthetic images."""
+"""Data sources for tokenizer training: WebDataset shards, image folders, samples and synthetic images.
 
-from .datamodule import TokenizerDataModule
+Importing this package does not import Lightning: :class:`TokenizerDataModule` (the one Lightning part) loads
+on first use, so evaluation can read the same datasets without the trainer installed.
+"""
+
+from typing import Any
+
 from .folder import ImageFolder
 from .samples import build_sample_shards
 from .shards import write_shards
 from .stream import RandomSampleStream
 from .synthetic import SyntheticCaptions
 from .transforms import BadImage, ImageTransform, decode_image, to_tensor, to_uint8
+from .validation import build_dataset, collate_same_size, validation_loader
 from .webdataset import ShardDataset, expand_urls
 
 __all__ = [
     "BadImage", "ImageFolder", "ImageTransform", "RandomSampleStream", "ShardDataset", "SyntheticCaptions",
-    "TokenizerDataModule", "build_sample_shards", "decode_image", "expand_urls", "to_tensor", "to_uint8",
-    "write_shards",
+    "TokenizerDataModule", "build_dataset", "build_sample_shards", "collate_same_size", "decode_image",
+    "expand_urls", "to_tensor", "to_uint8", "validation_loader", "write_shards",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TokenizerDataModule":
+        from .datamodule import TokenizerDataModule
+
+        return TokenizerDataModule
+    raise AttributeError(f"module 'vtok.data' has no attribute {name!r}")

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from .stream import RandomSampleStream
+from .stream import RandomSampleStream, ResumableStream
+from .validation import build_dataset, validation_loader
 
 
 class TokenizerDataModule(L.LightningDataModule):
@@ -25,6 +26,8 @@ class TokenizerDataModule(L.LightningDataModule):
         prepare: called once on the main process before ``setup`` (e.g. to write sample shards).
         seed: seed of the training stream for map-style datasets.
         image_size: training resolution, recorded for the model config and reports.
+        val_crop: how validation images are cut (``center`` or ``full``); the validation transform reads it
+            from the config, and reports record it.
     """
 
     def __init__(
@@ -37,9 +40,10 @@ class TokenizerDataModule(L.LightningDataModule):
         prepare: Callable[[], Any] | None = None,
         seed: int = 0,
         image_size: int | None = None,
+        val_crop: str = "center",
     ) -> None:
         super().__init__()
-        self.image_size = image_size
+        self.image_size, self.val_crop = image_size, val_crop
         self._train, self._val, self._prepare = train, val, prepare
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.num_workers, self.seed = num_workers, seed
@@ -53,14 +57,14 @@ class TokenizerDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
-            train = _build(self._train)
+            train = build_dataset(self._train)
             self.train_set = train if isinstance(train, IterableDataset) else RandomSampleStream(train, self.seed)
         if self.val_set is None and self._val is not None:
-            self.val_set = _build(self._val)
+            self.val_set = build_dataset(self._val)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
-        if hasattr(self.train_set, "resume_after"):
+        if isinstance(self.train_set, ResumableStream):
             self.train_set.resume_after(self._resume_batches, self.batch_size)
         return DataLoader(self.train_set, batch_size=self.batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, drop_last=True)
@@ -68,8 +72,7 @@ class TokenizerDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, num_workers=min(self.num_workers, 1),
-                          collate_fn=collate_same_size)
+        return validation_loader(self.val_set, self.val_batch_size, self.num_workers)
 
     def state_dict(self) -> dict[str, Any]:
         # One optimiser step per batch, so the global step is the number of batches this rank consumed.
@@ -77,18 +80,3 @@ class TokenizerDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume_batches = int(state.get("batches", 0))
-
-
-def collate_same_size(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack sample dicts into a batch (``image``: ``(B, 3, H, W)``), or say why images of different sizes
-    cannot share one (whole-image evaluation of photos of different sizes)."""
-    shapes = sorted({tuple(sample["image"].shape) for sample in samples})
-    if len(shapes) > 1:
-        raise ValueError(f"validation images of different sizes in one batch ({shapes[0]} and {shapes[-1]}): "
-                         "whole images (data.val.transform.mode=full) go one at a time, set "
-                         "data.val_batch_size=1")
-    return default_collate(samples)
-
-
-def _build(source: Any) -> Dataset:
-    return source() if callable(source) and not isinstance(source, Dataset) else source

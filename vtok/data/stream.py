@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from torch.utils.data import Dataset, IterableDataset
 
-from .distributed import rank_and_world_size, worker_and_count
+from vtok.distributed import rank_and_world_size, worker_and_count
+
+
+@runtime_checkable
+class EpochAware(Protocol):
+    """A dataset whose items' random augmentation depends on an epoch (or position) it is told."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@runtime_checkable
+class ResumableStream(Protocol):
+    """An endless training stream that can start after the batches a resumed run already consumed."""
+
+    def resume_after(self, batches: int, batch_size: int) -> None: ...
 
 
 class RandomSampleStream(IterableDataset):
@@ -34,6 +48,6 @@ class RandomSampleStream(IterableDataset):
         while True:
             position += 1
             index = int(np.random.default_rng([self.seed, rank, worker, position]).integers(len(self.dataset)))
-            if hasattr(self.dataset, "set_epoch"):
+            if isinstance(self.dataset, EpochAware):
                 self.dataset.set_epoch(position)  # varies the item's own augmentation draw
             yield self.dataset[index]

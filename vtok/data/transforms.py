@@ -10,9 +10,12 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
+
+from vtok.images import to_tensor, to_uint8
+
+__all__ = ["IMAGE_EXTENSIONS", "BadImage", "ImageTransform", "decode_image", "to_tensor", "to_uint8"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -31,17 +34,6 @@ def decode_image(data: bytes) -> Image.Image:
         return image.convert("RGB")
     except Exception as error:  # PIL raises many types for corrupt data
         raise BadImage(f"{type(error).__name__}: {error}") from error
-
-
-def to_tensor(image: Image.Image) -> Tensor:
-    """RGB ``PIL.Image`` -> ``(3, H, W)`` float tensor in ``[-1, 1]``."""
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """``(..., 3, H, W)`` floats in ``[-1, 1]`` -> uint8 in ``[0, 255]`` (rounded, clamped)."""
-    return images.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 @dataclass

@@ -20,7 +20,8 @@ from braceexpand import braceexpand
 from torch.utils.data import IterableDataset
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
-from .distributed import rank_and_world_size, worker_and_count
+from vtok.distributed import rank_and_world_size, worker_and_count
+
 from .transforms import IMAGE_EXTENSIONS, BadImage, ImageTransform, decode_image
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """``python -m vtok.eval ckpt=... [data=...] [eval.*=...]``: evaluate a checkpoint or an exported tokenizer.
 
 See ``configs/eval.yaml``. Under ``torchrun`` every rank evaluates its share and rank 0 writes the report.
+Runs without Lightning: the validation set is built from ``data.val`` (and ``data.prepare``) directly.
 """
 
 from __future__ import annotations
@@ -8,11 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from vtok.config import config_dir
 
@@ -21,29 +25,26 @@ log = logging.getLogger("vtok.eval")
 
 def run(cfg: DictConfig) -> dict:
     """Load ``cfg.ckpt``, build the validation data for it, evaluate, write the report; returns the report."""
-    import lightning as L
     from hydra.utils import instantiate
 
+    from vtok.checkpoint import load_tokenizer
+    from vtok.data.validation import build_dataset, validation_loader
     from vtok.eval.protocol import evaluate_from_config
-    from vtok.hub import load_tokenizer
 
-    L.seed_everything(cfg.seed)
+    _seed(cfg.seed)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     tokenizer, source = load_tokenizer(cfg.ckpt, weights=cfg.weights)
     tokenizer = tokenizer.to(device).eval()
-    with open_dict(cfg):
-        if len(tokenizer.encoder.grid_shape((tokenizer.image_size, tokenizer.image_size))) == 1:
-            # 1D tokens decode to one fixed size: evaluate exactly as training validated.
-            cfg.data.image_size, cfg.eval.crop = tokenizer.image_size, "center"
-    datamodule = instantiate(cfg.data)
-    if hasattr(datamodule, "prepare_data"):
-        datamodule.prepare_data()
-    datamodule.setup("validate")
-    out = Path(cfg.out) if cfg.out else _default_out(Path(str(cfg.ckpt)))
-    report = evaluate_from_config(tokenizer, datamodule.val_dataloader(), cfg.eval, cfg.data, out,
+    check_data_fits(tokenizer.fixed_size, cfg.data)
+    if cfg.data.get("prepare") is not None:
+        instantiate(cfg.data.prepare)()
+    dataset = build_dataset(instantiate(cfg.data.val))
+    loader = validation_loader(dataset, cfg.data.val_batch_size, cfg.data.get("num_workers", 1))
+    out = Path(cfg.out) if cfg.out else default_out_dir(Path(str(cfg.ckpt)), Path(cfg.paths.output_dir))
+    report = evaluate_from_config(tokenizer, loader, cfg.eval, cfg.data, out,
                                   extra={"checkpoint": str(cfg.ckpt), "weights": source}, device=device)
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         summary = {k: report.get(k) for k in ("num_images", "psnr", "ssim", "lpips", "rfid", "codebook_usage",
@@ -53,10 +54,37 @@ def run(cfg: DictConfig) -> dict:
     return report
 
 
-def _default_out(ckpt: Path) -> Path:
+def check_data_fits(fixed_size: int | None, data_cfg: Any) -> None:
+    """Refuse, before any work, validation data that a fixed-size tokenizer cannot decode.
+
+    1D tokenizers decode one image size: they are evaluated as they were validated in training, at
+    ``data.image_size`` equal to their size with ``data.val_crop=center``. The config says so; vtok does not
+    change it behind the user's back.
+
+    Raises:
+        ValueError: naming the overrides to add.
+    """
+    if fixed_size is None:
+        return
+    crop, size = data_cfg.get("val_crop", "center"), data_cfg.get("image_size")
+    if crop == "full" or size != fixed_size:
+        raise ValueError(
+            f"this tokenizer decodes only {fixed_size}x{fixed_size} images (1D tokens carry no grid), but the data "
+            f"gives data.val_crop={crop} at data.image_size={size}: add data.val_crop=center "
+            f"data.image_size={fixed_size}")
+
+
+def default_out_dir(ckpt: Path, output_dir: Path) -> Path:
+    """``RUN/eval`` for a run's checkpoint, else ``outputs/eval/NAME`` for an exported folder or repo id."""
     if ckpt.suffix == ".ckpt" and ckpt.parent.name == "checkpoints":
         return ckpt.parent.parent / "eval"
-    return Path("eval") / ckpt.name.replace("/", "--")
+    return output_dir / "eval" / str(ckpt).strip("/").replace("/", "--")
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def main() -> None:

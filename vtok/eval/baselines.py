@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from vtok.data.transforms import to_tensor, to_uint8
+from vtok.images import to_tensor, to_uint8
 
 from .metrics import psnr
 

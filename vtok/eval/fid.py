@@ -49,7 +49,8 @@ class FIDMeter:
             self.weights = {"file": FILES["fid_inception"].filename, "sha256": sha256(weights)}
             if not self.weights["sha256"].startswith(FILES["fid_inception"].sha256_prefix):
                 raise ValueError(f"{weights} is not the standard FID Inception file (sha256 "
-                                 f"{self.weights['sha256'][:8]}..., expected {FILES['fid_inception'].sha256_prefix}...)")
+                                 f"{self.weights['sha256'][:8]}..., expected "
+                                 f"{FILES['fid_inception'].sha256_prefix}...)")
             self.metric = FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False,
                                                    feature_extractor_weights_path=str(weights))
         else:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vtok.distributed import gather_list
 from vtok.tokenizers import Tokenizer
 from vtok.tokenizers.nested_dropout import budget_ladder
 
@@ -43,6 +44,12 @@ class TokenBudgetMeter:
             tokens = self.tokenizer.encode(images, target_psnr=self.target_psnr)
             self.adaptive_tokens += tokens.lengths.tolist()
             self.adaptive_psnr += psnr(self.tokenizer.decode(tokens).clamp(-1, 1), images).tolist()
+
+    def gather(self) -> None:
+        """Join every rank's values, in rank order (all ranks call this; a no-op in one process)."""
+        self.psnr = {k: gather_list(v) for k, v in self.psnr.items()}
+        self.adaptive_tokens = gather_list(self.adaptive_tokens)
+        self.adaptive_psnr = gather_list(self.adaptive_psnr)
 
     def report(self) -> dict[str, Any]:
         """``{"psnr_vs_tokens": {k: mean PSNR}, "adaptive_tokens": {...}}`` (the latter with a target)."""

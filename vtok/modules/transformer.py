@@ -6,6 +6,8 @@ them) and optional 2D rotary positions. Tokens are ``(B, N, width)`` throughout.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,7 +50,7 @@ def grid_positions(height: int, width: int, device: torch.device | None = None) 
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over ``(B, N, dim)`` with optional rotary angles and attention mask."""
+    """Multi-head self-attention over ``(B, N, dim)`` with optional rotary angles."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -58,12 +60,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
 
 
@@ -78,8 +80,8 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), rope, mask)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), rope)
         return x + self.mlp(self.norm2(x))
 
 
@@ -92,14 +94,19 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.apply(_init_weights)
 
-    @property
-    def head_dim(self) -> int:
-        return self.blocks[0].attn.qkv.in_features // self.blocks[0].attn.heads if self.blocks else 0
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``(B, N, width)`` -> ``(B, N, width)``."""
+        return self.forward_blocks(x, rope)[0]
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None) -> Tensor:
-        for block in self.blocks:
-            x = block(x, rope, mask)
-        return self.norm(x)
+    def forward_blocks(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None,
+                       keep: Collection[int] = ()) -> tuple[Tensor, dict[int, Tensor]]:
+        """Like ``forward``, also returning ``{i: (B, N, width)}``, the tokens after block ``i`` for ``i in keep``."""
+        kept = {}
+        for index, block in enumerate(self.blocks):
+            x = block(x, rope)
+            if index in keep:
+                kept[index] = x
+        return self.norm(x), kept
 
 
 class LearnedGridPositions(nn.Module):
@@ -138,3 +145,8 @@ def patch_grid(image_size: int | tuple[int, int], patch_size: int) -> tuple[int,
 def init_token(shape: tuple[int, ...]) -> nn.Parameter:
     """A learned token (mask, latent, register, position), initialised like the weights around it."""
     return nn.Parameter(torch.randn(*shape) * INIT_STD)
+
+
+def block_indices(names: Collection[str]) -> set[int]:
+    """Feature names ``{"block3", ...}`` (a transformer encoder's ``feature_names``) -> block indices ``{3, ...}``."""
+    return {int(name.removeprefix("block")) for name in names}

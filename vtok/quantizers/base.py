@@ -8,7 +8,9 @@ statistics for logging.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -32,12 +34,20 @@ class QuantizerOutput:
 
 
 class Quantizer(nn.Module):
-    """Base class: subclasses implement ``forward``, ``indices_to_codes`` and report their vocabulary.
+    """Base class: subclasses implement ``forward``, ``indices_to_codes`` and report their sizes.
 
-    ``codebook_size`` is ``None`` for continuous bottlenecks.
+    Every quantizer's constructor takes ``dim``, the size of the features entering it. Built, it says:
+
+    Attributes:
+        in_dim: size of the features ``forward`` reads (``z``: ``(..., in_dim)``; the constructor's ``dim``).
+        out_dim: size of the features it returns (``quantized``: ``(..., out_dim)``; what the decoder reads).
+            Equal to ``in_dim`` except for bottlenecks that change the size (a Gaussian's mean and log-variance
+            in, the latent out).
+        codebook_size: distinct ids per token, ``None`` for continuous bottlenecks.
     """
 
-    dim: int
+    in_dim: int
+    out_dim: int
     codebook_size: int | None = None
 
     @property
@@ -53,3 +63,22 @@ class Quantizer(nn.Module):
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """``(...)`` long indices -> ``(..., dim)`` quantized features, as ``forward`` would return them."""
         raise NotImplementedError(f"{type(self).__name__} is continuous and has no indices")
+
+
+Forward = Callable[[Quantizer, Tensor], QuantizerOutput]
+
+
+def fp32_forward(forward: Forward) -> Forward:
+    """Runs a quantizer's ``forward`` in fp32 under any autocast, and returns ``quantized`` in the input's dtype.
+
+    Distances, roundings and entropies in bf16 pick wrong codes and lose the small differences the losses
+    measure, so quantizer maths always runs in fp32 while the networks around it may run in bf16.
+    """
+
+    @functools.wraps(forward)
+    def wrapper(self: Quantizer, z: Tensor) -> QuantizerOutput:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            out = forward(self, z.float())
+        return replace(out, quantized=out.quantized.to(z.dtype))
+
+    return wrapper

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Quantizer, QuantizerOutput
+from .base import Quantizer, QuantizerOutput, fp32_forward
 from .lfq import bits_to_indices, indices_to_bits
 
 
@@ -25,25 +25,25 @@ class BernoulliQuantizer(Quantizer):
 
     def __init__(self, bits: int, dim: int | None = None, temperature: float = 1.0, aux_weight: float = 0.1) -> None:
         super().__init__()
-        self.bits, self.dim = bits, dim or bits
+        self.bits = bits
+        self.in_dim = self.out_dim = dim or bits
         self.codebook_size = 2**bits
         self.temperature, self.aux_weight = temperature, aux_weight
-        self.project_in = nn.Linear(self.dim, bits) if self.dim != bits else nn.Identity()
-        self.project_out = nn.Linear(bits, self.dim) if self.dim != bits else nn.Identity()
+        self.project_in = nn.Linear(self.in_dim, bits) if self.in_dim != bits else nn.Identity()
+        self.project_out = nn.Linear(bits, self.out_dim) if self.out_dim != bits else nn.Identity()
 
+    @fp32_forward
     def forward(self, z: Tensor) -> QuantizerOutput:
         """``(..., dim)`` -> quantized ``(..., dim)``, indices ``(...)``."""
-        in_dtype = z.dtype
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            p = torch.sigmoid(self.project_in(z.float()) / self.temperature)
-            bits = torch.bernoulli(p.detach()).bool() if self.training else p > 0.5
-            hard = bits.float()
-            code = 2 * (hard + (p - p.detach())) - 1  # value 2b - 1, gradient through p
-            losses = {"binary": self.aux_weight * (p * (1 - p)).mean()} if self.training else {}
-            stats = {"bit_imbalance": (2 * hard.reshape(-1, self.bits).mean(0) - 1).abs().mean(),
-                     "mean_uncertainty": (p * (1 - p)).mean().detach()}
-            quantized = self.project_out(code)
-        return QuantizerOutput(quantized.to(in_dtype), bits_to_indices(bits), losses, stats)
+        p = torch.sigmoid(self.project_in(z) / self.temperature)
+        bits = torch.bernoulli(p.detach()).bool() if self.training else p > 0.5
+        hard = bits.float()
+        code = 2 * (hard + (p - p.detach())) - 1  # value 2b - 1, gradient through p
+        losses = {"binary": self.aux_weight * (p * (1 - p)).mean()} if self.training else {}
+        stats = {"bit_imbalance": (2 * hard.reshape(-1, self.bits).mean(0) - 1).abs().mean(),
+                 "mean_uncertainty": (p * (1 - p)).mean().detach()}
+        quantized = self.project_out(code)
+        return QuantizerOutput(quantized, bits_to_indices(bits), losses, stats)
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """``(...)`` ids -> ``(..., dim)`` quantized features."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Quantizer, QuantizerOutput
+from .base import Quantizer, QuantizerOutput, fp32_forward
 
 
 class GaussianBottleneck(Quantizer):
@@ -24,21 +24,20 @@ class GaussianBottleneck(Quantizer):
     def __init__(self, dim: int, latent_dim: int | None = None, kl_weight: float = 1e-6, sample: bool = True) -> None:
         super().__init__()
         self.latent_dim = latent_dim or dim // 2
-        self.dim = self.latent_dim
+        self.in_dim, self.out_dim = dim, self.latent_dim
         self.project_in = nn.Linear(dim, 2 * self.latent_dim) if dim != 2 * self.latent_dim else nn.Identity()
         self.kl_weight, self.sample = kl_weight, sample
 
+    @fp32_forward
     def forward(self, z: Tensor) -> QuantizerOutput:
         """``(..., dim)`` -> latents ``(..., latent_dim)``."""
-        in_dtype = z.dtype
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            mean, logvar = self.project_in(z.float()).chunk(2, dim=-1)
-            logvar = logvar.clamp(-30.0, 20.0)
-            latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if self.training and self.sample else mean
-            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-            losses = {"kl": self.kl_weight * kl} if self.training else {}
-            stats = {"kl": kl.detach(), "latent_std": mean.detach().std()}
-        return QuantizerOutput(latent.to(in_dtype), None, losses, stats)
+        mean, logvar = self.project_in(z).chunk(2, dim=-1)
+        logvar = logvar.clamp(-30.0, 20.0)
+        latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if self.training and self.sample else mean
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+        losses = {"kl": self.kl_weight * kl} if self.training else {}
+        stats = {"kl": kl.detach(), "latent_std": mean.detach().std()}
+        return QuantizerOutput(latent, None, losses, stats)
 
 
 class ContinuousBottleneck(Quantizer):
@@ -51,10 +50,11 @@ class ContinuousBottleneck(Quantizer):
         normalize: layer-normalise the latents (without affine), as ViT autoencoders often do.
     """
 
-    def __init__(self, dim: int, latent_dim: int | None = None, noise_std: float = 0.0, normalize: bool = False) -> None:
+    def __init__(self, dim: int, latent_dim: int | None = None, noise_std: float = 0.0,
+                 normalize: bool = False) -> None:
         super().__init__()
-        self.dim = latent_dim or dim
-        self.project_in = nn.Linear(dim, self.dim) if self.dim != dim else nn.Identity()
+        self.in_dim, self.out_dim = dim, latent_dim or dim
+        self.project_in = nn.Linear(dim, self.out_dim) if self.out_dim != dim else nn.Identity()
         self.noise_std, self.normalize = noise_std, normalize
 
     def forward(self, z: Tensor) -> QuantizerOutput:

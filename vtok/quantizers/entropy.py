@@ -8,10 +8,9 @@ A binary code ``c`` in ``{0, 1}^d`` has, under per-bit probabilities ``p_i = sig
   over the samples of every rank (a differentiable all-reduce), so the term is that of the global batch.
   ``codebook_entropy_exact`` is exact: a code's probability is the product of a low-bits factor and a
   high-bits factor, so the mean over samples of all ``2^d`` probabilities is one ``(2^{d/2}, N) @ (N, 2^{d/2})``
-  matrix product (``O(N 2^d)`` multiply-adds in a BLAS call, ``O(N 2^{d/2} + 2^d)`` memory: 2^18 codes at
-  8,192 samples take ~0.15-0.25 s forward and backward on 2 CPU cores). ``codebook_entropy_factorized`` is ``sum_i H(E_n[p_{n,i}])``, the
-  entropy of the product of the bit marginals, an upper bound of the exact value used by BSQ, ``O(N d)`` at
-  any size.
+  matrix product (``O(N 2^d)`` multiply-adds in a BLAS call, ``O(N 2^{d/2} + 2^d)`` memory; timings are in
+  ``bench/RESULTS.md``). ``codebook_entropy_factorized`` is ``sum_i H(E_n[p_{n,i}])``, the entropy of the
+  product of the bit marginals, an upper bound of the exact value used by BSQ, ``O(N d)`` at any size.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .distributed import mean_over_ranks
+from vtok.distributed import mean_over_ranks
 
 
 def bernoulli_entropy(logits: Tensor) -> Tensor:
@@ -64,24 +63,3 @@ def codebook_entropy_exact(logits: Tensor) -> Tensor:
     p_high = _half_code_probs(logits[:, low:])  # (N, 2^(d - low))
     mean = mean_over_ranks(p_high.t() @ p_low / n, n)  # (2^(d-low), 2^low): code = high * 2^low + low
     return -(mean * mean.clamp_min(1e-30).log()).sum()  # clamp: finite gradient where a code has p = 0
-
-
-def codebook_entropy_brute_force(logits: Tensor) -> Tensor:
-    """Reference: the full ``N x 2^d`` probability matrix (tests only; small ``d``)."""
-    d = logits.shape[1]
-    codes = torch.arange(2**d, device=logits.device)
-    bits = ((codes.unsqueeze(-1) & (2 ** torch.arange(d, device=logits.device))) > 0).to(logits.dtype)
-    p = torch.sigmoid(logits)
-    probs = (bits * p.unsqueeze(1) + (1 - bits) * (1 - p.unsqueeze(1))).prod(-1)  # (N, 2^d)
-    mean = probs.mean(0)
-    return -(mean * mean.clamp_min(1e-30).log()).sum()
-
-
-def per_sample_entropy_brute_force(logits: Tensor) -> Tensor:
-    """Reference for :func:`per_sample_entropy` (tests only; small ``d``)."""
-    d = logits.shape[1]
-    codes = torch.arange(2**d, device=logits.device)
-    bits = ((codes.unsqueeze(-1) & (2 ** torch.arange(d, device=logits.device))) > 0).to(logits.dtype)
-    p = torch.sigmoid(logits)
-    probs = (bits * p.unsqueeze(1) + (1 - bits) * (1 - p.unsqueeze(1))).prod(-1)
-    return -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean()

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Quantizer, QuantizerOutput
-from .stats import code_counts, usage_and_perplexity
+from .base import Quantizer, QuantizerOutput, fp32_forward
+from .stats import HISTOGRAM_MAX_CODES, code_counts, usage_and_perplexity
 
 
 def round_ste(x: Tensor) -> Tensor:
@@ -29,13 +29,13 @@ class FSQ(Quantizer):
     def __init__(self, levels: Sequence[int], dim: int | None = None) -> None:
         super().__init__()
         self.levels = list(levels)
-        self.dim = dim or len(self.levels)
+        self.in_dim = self.out_dim = dim or len(self.levels)
         self.codebook_size = int(torch.tensor(self.levels).prod())
         d = len(self.levels)
-        self.project_in = nn.Linear(self.dim, d) if self.dim != d else nn.Identity()
-        self.project_out = nn.Linear(d, self.dim) if self.dim != d else nn.Identity()
+        self.project_in = nn.Linear(self.in_dim, d) if self.in_dim != d else nn.Identity()
+        self.project_out = nn.Linear(d, self.out_dim) if self.out_dim != d else nn.Identity()
         self.register_buffer("_levels", torch.tensor(self.levels, dtype=torch.float32), persistent=False)
-        basis = torch.cumprod(torch.tensor([1] + self.levels[:-1], dtype=torch.long), 0)
+        basis = torch.cumprod(torch.tensor([1, *self.levels[:-1]], dtype=torch.long), 0)
         self.register_buffer("_basis", basis, persistent=False)
 
     def _bound(self, z: Tensor) -> Tensor:
@@ -44,19 +44,18 @@ class FSQ(Quantizer):
         shift = torch.atanh(offset / half)
         return torch.tanh(z + shift) * half - offset
 
+    @fp32_forward
     def forward(self, z: Tensor) -> QuantizerOutput:
         """``(..., dim)`` -> quantized ``(..., dim)``, indices ``(...)``. No auxiliary loss."""
-        in_dtype = z.dtype
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            bounded = self._bound(self.project_in(z.float()))
-            levels = round_ste(bounded)  # integers centred on 0
-            half_width = (self._levels // 2)
-            codes = levels / half_width
-            indices = self._levels_to_indices(levels.detach())
-            usage, perplexity = usage_and_perplexity(code_counts(indices, self.codebook_size)) \
-                if self.codebook_size <= 2**20 else (torch.tensor(float("nan")), torch.tensor(float("nan")))
-            quantized = self.project_out(codes)
-        return QuantizerOutput(quantized.to(in_dtype), indices, {}, {"usage_batch": usage, "perplexity": perplexity})
+        bounded = self._bound(self.project_in(z))
+        levels = round_ste(bounded)  # integers centred on 0
+        half_width = (self._levels // 2)
+        codes = levels / half_width
+        indices = self._levels_to_indices(levels.detach())
+        usage, perplexity = usage_and_perplexity(code_counts(indices, self.codebook_size)) \
+            if self.codebook_size <= HISTOGRAM_MAX_CODES else (torch.tensor(float("nan")), torch.tensor(float("nan")))
+        quantized = self.project_out(codes)
+        return QuantizerOutput(quantized, indices, {}, {"usage_batch": usage, "perplexity": perplexity})
 
     def _levels_to_indices(self, levels: Tensor) -> Tensor:
         shifted = (levels + self._levels // 2).round().long()  # 0 .. L-1 per channel

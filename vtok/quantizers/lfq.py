@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Quantizer, QuantizerOutput
+from .base import Quantizer, QuantizerOutput, fp32_forward
 from .entropy import codebook_entropy_exact, codebook_entropy_factorized, per_sample_entropy
-from .stats import code_counts, usage_and_perplexity
+from .stats import HISTOGRAM_MAX_CODES, code_counts, usage_and_perplexity
 
 
 def bits_to_indices(bits: Tensor) -> Tensor:
@@ -43,8 +43,8 @@ class LFQ(Quantizer):
         temperature: softmax temperature of the code distribution ``p_n(c) ~ exp(-||z_n - c||^2 / T)``.
         codebook_entropy: ``"auto"`` (exact up to ``exact_entropy_max_bits``, factorised beyond),
             ``"exact"`` or ``"factorized"``.
-        exact_entropy_max_bits: largest ``bits`` for which ``auto`` is exact (18: a 2^18-entry table and
-            ~0.15 s per 8,192 tokens on 2 CPU cores; the cost grows as ``2^bits``).
+        exact_entropy_max_bits: largest ``bits`` for which ``auto`` is exact (18: a 2^18-entry table; the cost
+            grows as ``2^bits``, see ``bench/RESULTS.md``).
         entropy_anneal_steps: the entropy weight starts at ``entropy_anneal_start`` times its value and
             reaches it linearly after this many training steps (0: constant).
         spherical: BSQ: project onto the unit sphere and use codes ``+-1/sqrt(bits)``.
@@ -69,7 +69,8 @@ class LFQ(Quantizer):
             raise ValueError(f"bits={bits}: use 1..63 (indices are int64)")
         if codebook_entropy not in ("auto", "exact", "factorized"):
             raise ValueError(f"codebook_entropy={codebook_entropy!r}: use auto, exact or factorized")
-        self.bits, self.dim = bits, dim or bits
+        self.bits = bits
+        self.in_dim = self.out_dim = dim or bits
         self.codebook_size = 2**bits
         self.commitment_weight, self.entropy_weight = commitment_weight, entropy_weight
         self.diversity_gamma, self.temperature = diversity_gamma, temperature
@@ -78,8 +79,8 @@ class LFQ(Quantizer):
         self.entropy_anneal_steps, self.entropy_anneal_start = entropy_anneal_steps, entropy_anneal_start
         self.spherical = spherical
         self.scale = 1 / math.sqrt(bits) if spherical else 1.0
-        self.project_in = nn.Linear(self.dim, bits) if self.dim != bits else nn.Identity()
-        self.project_out = nn.Linear(bits, self.dim) if self.dim != bits else nn.Identity()
+        self.project_in = nn.Linear(self.in_dim, bits) if self.in_dim != bits else nn.Identity()
+        self.project_out = nn.Linear(bits, self.out_dim) if self.out_dim != bits else nn.Identity()
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     @property
@@ -95,34 +96,33 @@ class LFQ(Quantizer):
         progress = min(1.0, float(self.steps) / self.entropy_anneal_steps)
         return self.entropy_weight * (self.entropy_anneal_start + (1 - self.entropy_anneal_start) * progress)
 
+    @fp32_forward
     def forward(self, z: Tensor) -> QuantizerOutput:
         """``(..., dim)`` -> quantized ``(..., dim)``, indices ``(...)``."""
-        in_dtype = z.dtype
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            u = self.project_in(z.float())
-            if self.spherical:
-                u = F.normalize(u, dim=-1)
-            positive = u > 0
-            codes = torch.where(positive, self.scale, -self.scale)
-            quantized = codes + (u - u.detach())  # value exactly the code, identity gradient
-            indices = bits_to_indices(positive)
+        u = self.project_in(z)
+        if self.spherical:
+            u = F.normalize(u, dim=-1)
+        positive = u > 0
+        codes = torch.where(positive, self.scale, -self.scale)
+        quantized = codes + (u - u.detach())  # value exactly the code, identity gradient
+        indices = bits_to_indices(positive)
 
-            losses: dict[str, Tensor] = {}
-            flat = u.reshape(-1, self.bits)
-            if self.training:
-                self.steps += 1
-                losses["commitment"] = self.commitment_weight * F.mse_loss(u, codes.detach())
-                weight = self.current_entropy_weight()
-                if weight > 0:
-                    # ||u - c||^2 differs by 4 * scale * u_i between c_i = +scale and c_i = -scale.
-                    logits = 4 * self.scale * flat / self.temperature
-                    sample_h = per_sample_entropy(logits)
-                    codebook_h = (codebook_entropy_exact(logits) if self.exact_codebook_entropy
-                                  else codebook_entropy_factorized(logits))
-                    losses["entropy"] = weight * (sample_h - self.diversity_gamma * codebook_h)
-            stats = self._stats(positive.reshape(-1, self.bits), indices)
-            quantized = self.project_out(quantized)
-        return QuantizerOutput(quantized.to(in_dtype), indices, losses, stats)
+        losses: dict[str, Tensor] = {}
+        flat = u.reshape(-1, self.bits)
+        if self.training:
+            self.steps += 1
+            losses["commitment"] = self.commitment_weight * F.mse_loss(u, codes.detach())
+            weight = self.current_entropy_weight()
+            if weight > 0:
+                # ||u - c||^2 differs by 4 * scale * u_i between c_i = +scale and c_i = -scale.
+                logits = 4 * self.scale * flat / self.temperature
+                sample_h = per_sample_entropy(logits)
+                codebook_h = (codebook_entropy_exact(logits) if self.exact_codebook_entropy
+                              else codebook_entropy_factorized(logits))
+                losses["entropy"] = weight * (sample_h - self.diversity_gamma * codebook_h)
+        stats = self._stats(positive.reshape(-1, self.bits), indices)
+        quantized = self.project_out(quantized)
+        return QuantizerOutput(quantized, indices, losses, stats)
 
     @torch.no_grad()
     def _stats(self, bits: Tensor, indices: Tensor) -> dict[str, Tensor]:
@@ -132,7 +132,7 @@ class LFQ(Quantizer):
             "bit_imbalance": (2 * ones - 1).abs().mean(),
             "unique_codes_batch": torch.tensor(float(torch.unique(indices).numel())),
         }
-        if self.codebook_size <= 2**20:
+        if self.codebook_size <= HISTOGRAM_MAX_CODES:
             stats["usage_batch"], stats["perplexity"] = usage_and_perplexity(code_counts(indices, self.codebook_size))
         return stats
 

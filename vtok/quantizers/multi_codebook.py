@@ -28,7 +28,7 @@ class MultiCodebookQuantizer(Quantizer):
 
         if dim % groups:
             raise ValueError(f"dim={dim} is not divisible by groups={groups}")
-        self.dim, self.groups = dim, groups
+        self.in_dim, self.out_dim, self.groups = dim, dim, groups
         self.parts = nn.ModuleList(build_quantizer({**quantizer, "dim": dim // groups}) for _ in range(groups))
         self.codebook_size = self.parts[0].codebook_size
 

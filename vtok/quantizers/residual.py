@@ -29,7 +29,7 @@ class ResidualQuantizer(Quantizer):
         super().__init__()
         from . import build_quantizer  # the registry imports this module
 
-        self.dim, self.depth = dim, depth
+        self.in_dim, self.out_dim, self.depth = dim, dim, depth
         self.stages = nn.ModuleList(build_quantizer({**quantizer, "dim": dim}) for _ in range(depth))
         self.codebook_size = self.stages[0].codebook_size
         self.scales = [stage_scale**i for i in range(depth)]

@@ -25,9 +25,8 @@ CANDIDATES = 4  # bf16 best codes re-scored in fp32 per row; rows whose winner i
 def bf16_search_is_fast(device: torch.device) -> bool:
     """Whether the bf16 search beats fp32 on ``device``.
 
-    True on CUDA (bf16 tensor cores). False on CPUs: on the 2-core AVX512-BF16 machine the bf16 product of
-    VQ-16k (8192 x 256 x 16384) took 0.20 s against 0.50 s in fp32, but the top-k and re-rank ate the gain
-    (0.40-0.52 s in all, `bench/RESULTS.md`).
+    True on CUDA (bf16 tensor cores). False on CPUs: there the top-k and re-rank eat what a bf16 product saves
+    (measured in ``bench/RESULTS.md``).
     """
     return device.type == "cuda"
 
@@ -143,10 +142,7 @@ def _certified_bf16_argmax(block: Tensor, codebook: Tensor, half_sq_norms: Tenso
     """Exact argmax of ``block @ codebook.T - half_sq_norms`` for ``(n, d)`` rows, via bf16 candidates."""
     num_codes = codebook.shape[0]
     block_bf16 = block.bfloat16()
-    if bias_bf16 is None:
-        scores = block_bf16 @ codes_bf16.t()
-    else:
-        scores = torch.addmm(bias_bf16, block_bf16, codes_bf16.t())
+    scores = block_bf16 @ codes_bf16.t() if bias_bf16 is None else torch.addmm(bias_bf16, block_bf16, codes_bf16.t())
     top_scores, candidates = scores.topk(min(CANDIDATES, num_codes), dim=1)  # (n, m)
     exact = torch.einsum("nd,nmd->nm", block, codebook[candidates])
     if half_sq_norms is not None:

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Quantizer, QuantizerOutput
-from .distributed import all_reduce_sum, broadcast, mean_over_ranks
+from vtok.distributed import all_reduce_sum, broadcast, mean_over_ranks
+
+from .base import Quantizer, QuantizerOutput, fp32_forward
 from .search import bf16_search_is_fast, nearest_code
 from .stats import code_counts, usage_and_perplexity
 
@@ -78,7 +79,7 @@ class VectorQuantizer(Quantizer):
         search: str = "auto",
     ) -> None:
         super().__init__()
-        self.dim = dim
+        self.in_dim = self.out_dim = dim
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim or dim
         self.l2_normalize = l2_normalize
@@ -130,45 +131,44 @@ class VectorQuantizer(Quantizer):
         z = self.project_in(z)
         return F.normalize(z, dim=-1) if self.l2_normalize else z
 
+    @fp32_forward
     def forward(self, z: Tensor) -> QuantizerOutput:
         """``(..., dim)`` features -> quantized ``(..., dim)`` and indices ``(...)``."""
-        in_dtype = z.dtype
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            z_lookup = self._lookup_space(z.float())
-            flat = z_lookup.reshape(-1, self.codebook_dim)
-            if self.training and not bool(self.initialized):
-                self._init_from_data(flat.detach())
-            codes = self.codes()
-            indices = nearest_code(flat.detach(), codes.detach(), cosine=self.l2_normalize,
-                                   precision=self._search_precision(flat.device))
-            chosen = codes[indices]
+        z_lookup = self._lookup_space(z)
+        flat = z_lookup.reshape(-1, self.codebook_dim)
+        if self.training and not bool(self.initialized):
+            self._init_from_data(flat.detach())
+        codes = self.codes()
+        indices = nearest_code(flat.detach(), codes.detach(), cosine=self.l2_normalize,
+                               precision=self._search_precision(flat.device))
+        chosen = codes[indices]
 
-            losses: dict[str, Tensor] = {}
-            if self.training:
-                if self.ema_decay is None:
-                    losses["codebook"] = self.codebook_weight * F.mse_loss(chosen, flat.detach())
-                losses["commitment"] = self.commitment_weight * F.mse_loss(flat, chosen.detach())
-                if self.entropy_weight > 0:
-                    losses["entropy"] = self.entropy_weight * self._entropy_loss(flat, codes)
-            # The value is exactly the code (so decode(encode(x)) == decode_indices(indices)); only the
-            # gradient differs between estimators.
-            surrogate = self._surrogate(flat, chosen, codes, indices)
-            quantized = chosen.detach() + (surrogate - surrogate.detach())
-            quantized = self.project_out(quantized.view(z_lookup.shape))
+        losses: dict[str, Tensor] = {}
+        if self.training:
+            if self.ema_decay is None:
+                losses["codebook"] = self.codebook_weight * F.mse_loss(chosen, flat.detach())
+            losses["commitment"] = self.commitment_weight * F.mse_loss(flat, chosen.detach())
+            if self.entropy_weight > 0:
+                losses["entropy"] = self.entropy_weight * self._entropy_loss(flat, codes)
+        # The value is exactly the code (so decode(encode(x)) == decode_indices(indices)); only the
+        # gradient differs between estimators.
+        surrogate = self._surrogate(flat, chosen, codes, indices)
+        quantized = chosen.detach() + (surrogate - surrogate.detach())
+        quantized = self.project_out(quantized.view(z_lookup.shape))
 
-            counts = code_counts(indices, self.codebook_size)
-            if self.training and self.ema_decay is not None:
-                self._ema_update(flat.detach(), indices, counts)
-            if self.training and self.restart_threshold > 0:
-                self._restart_dead_codes(flat.detach(), counts)
-            usage, perplexity = usage_and_perplexity(counts)
-            stats = {
-                "usage_batch": usage,
-                "perplexity": perplexity,
-                "dead_codes": (self.relative_use < self.restart_threshold).sum().float(),
-            }
+        counts = code_counts(indices, self.codebook_size)
+        if self.training and self.ema_decay is not None:
+            self._ema_update(flat.detach(), indices, counts)
+        if self.training and self.restart_threshold > 0:
+            self._restart_dead_codes(flat.detach(), counts)
+        usage, perplexity = usage_and_perplexity(counts)
+        stats = {
+            "usage_batch": usage,
+            "perplexity": perplexity,
+            "dead_codes": (self.relative_use < self.restart_threshold).sum().float(),
+        }
         return QuantizerOutput(
-            quantized=quantized.to(in_dtype),
+            quantized=quantized,
             indices=indices.view(z.shape[:-1]),
             losses=losses,
             stats=stats,

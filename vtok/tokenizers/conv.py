@@ -8,16 +8,21 @@ a lower resolution: on CPUs and small budgets this buys far more steps per secon
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vtok.modules.conv import AttnBlock, Downsample, ResBlock, Upsample, norm
 
+from .parts import Decoder, Encoder
 
-class ConvEncoder(nn.Module):
+
+class ConvEncoder(Encoder):
     """Images ``(B, C, H, W)`` -> features ``(B, H/f, W/f, out_dim)``.
+
+    Intermediate features: ``level{i}`` (``(B, H/(p 2^i), W/(p 2^i), width_i)``, the output of resolution level
+    ``i`` before it is downsampled) and ``mid`` (the lowest resolution, before the output projection).
 
     Args:
         in_channels: image channels.
@@ -52,24 +57,36 @@ class ConvEncoder(nn.Module):
             nn.Conv2d(in_channels * patch_size**2, widths[0], 3, padding=1),
         ]
         width = widths[0]
+        taps: dict[int, str] = {}  # index of the layer after which a named feature is read
         for level, level_width in enumerate(widths):
             for _ in range(num_res_blocks):
                 layers.append(ResBlock(width, level_width))
                 width = level_width
+            taps[len(layers) - 1] = f"level{level}"
             if level < len(widths) - 1:
                 layers.append(Downsample(width))
         layers += [ResBlock(width, width)]
         if attention:
             layers += [AttnBlock(width), ResBlock(width, width)]
+        taps[len(layers) - 1] = "mid"
         layers += [norm(width), nn.SiLU(), nn.Conv2d(width, out_dim, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
+        self._taps = taps
+        self.feature_names = tuple(taps.values())
         self.skip = nn.Conv2d(in_channels, out_dim, 1) if lowpass_skip else None
 
-    def forward(self, images: Tensor) -> Tensor:
-        features = self.layers(images)
+    def forward_features(self, images: Tensor, names: Collection[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(B, C, H, W)`` -> ``(B, H/f, W/f, out_dim)`` and the named intermediate features (channels last)."""
+        self._check_names(names)
+        kept: dict[str, Tensor] = {}
+        features = images
+        for index, layer in enumerate(self.layers):
+            features = layer(features)
+            if self._taps.get(index) in names:
+                kept[self._taps[index]] = features.permute(0, 2, 3, 1)
         if self.skip is not None:
             features = features + self.skip(F.avg_pool2d(images, self.downsample_factor))
-        return features.permute(0, 2, 3, 1)
+        return features.permute(0, 2, 3, 1), kept
 
     def grid_shape(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """Token grid ``(h, w)`` for an image of ``(H, W)`` pixels."""
@@ -77,7 +94,7 @@ class ConvEncoder(nn.Module):
         return (image_size[0] // f, image_size[1] // f)
 
 
-class ConvDecoder(nn.Module):
+class ConvDecoder(Decoder):
     """Features ``(B, h, w, in_dim)`` -> images ``(B, C, h*f, w*f)``; mirrors :class:`ConvEncoder`.
 
     ``lowpass_skip`` adds a 1x1 projection of the features upsampled bicubically to the output.
@@ -114,8 +131,9 @@ class ConvDecoder(nn.Module):
         self.to_pixels = nn.PixelShuffle(patch_size)
         self.skip = nn.Conv2d(in_dim, out_channels, 1) if lowpass_skip else None
 
-    def forward(self, features: Tensor) -> Tensor:
-        features = features.permute(0, 3, 1, 2)
+    def forward(self, latents: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``(B, h, w, in_dim)`` -> ``(B, C, h*f, w*f)`` (a grid has no lengths)."""
+        features = latents.permute(0, 3, 1, 2)
         images = self.to_pixels(self.conv_out(F.silu(self.norm_out(self.layers(features)))))
         if self.skip is not None:
             coarse = self.skip(features)

@@ -9,19 +9,24 @@ prefixes, so one model decodes any ``k``.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vtok.modules.transformer import Transformer, init_token, patch_grid
+from vtok.modules.patches import PatchPositions, unpatchify
+from vtok.modules.transformer import Transformer, block_indices, init_token, patch_grid
 
 from .nested_dropout import NestedDropout
-from .vit import PatchPositions, unpatchify
+from .parts import Decoder, Encoder
 
 
-class LatentTokenEncoder(nn.Module):
+class LatentTokenEncoder(Encoder):
     """Images ``(B, C, H, W)`` -> latent tokens ``(B, num_tokens, out_dim)``.
+
+    Intermediate features: ``block{i}``, the patch tokens ``(B, H/p, W/p, width)`` after transformer block ``i``
+    (the latent tokens read the image through them).
 
     Args:
         num_tokens: ``K``, latent tokens per image.
@@ -41,21 +46,26 @@ class LatentTokenEncoder(nn.Module):
         self.positions = PatchPositions(position, patch_grid(image_size, patch_size), width, width // heads)
         self.transformer = Transformer(width, depth, heads, mlp_ratio)
         self.to_features = nn.Linear(width, out_dim)
+        self.feature_names = tuple(f"block{i}" for i in range(depth))
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward_features(self, images: Tensor, names: Collection[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(B, C, H, W)`` -> ``(B, K, out_dim)`` and the named blocks' patch tokens."""
+        self._check_names(names)
         grid = patch_grid(tuple(images.shape[-2:]), self.patch_size)
         patches = self.to_tokens(images).flatten(2).transpose(1, 2)
         patches, rope = self.positions(patches, grid, extra_after=self.num_tokens)
         latents = self.latents.to(patches.dtype).expand(len(images), -1, -1)
-        tokens = self.transformer(torch.cat([patches, latents], dim=1), rope)
-        return self.to_features(tokens[:, -self.num_tokens:])
+        tokens, kept = self.transformer.forward_blocks(torch.cat([patches, latents], dim=1), rope,
+                                                       keep=block_indices(names))
+        features = {f"block{i}": hidden[:, : -self.num_tokens].unflatten(1, grid) for i, hidden in kept.items()}
+        return self.to_features(tokens[:, -self.num_tokens:]), features
 
     def grid_shape(self, image_size: tuple[int, int]) -> tuple[int]:
         """Token layout ``(K,)``: the same for every image size."""
         return (self.num_tokens,)
 
 
-class LatentTokenDecoder(nn.Module):
+class LatentTokenDecoder(Decoder):
     """Tokens ``(B, k, in_dim)`` (``k <= K``) -> images ``(B, C, image_size, image_size)``.
 
     Args:
@@ -67,6 +77,8 @@ class LatentTokenDecoder(nn.Module):
         nested_dropout: ``{"mode": "uniform" | "pow2", "p": ..., "min_tokens": ...}`` trains on random
             prefixes so every ``k`` decodes; ``None`` trains at ``K`` only.
     """
+
+    takes_lengths = True
 
     def __init__(self, num_tokens: int = 128, out_channels: int = 3, patch_size: int = 16, width: int = 512,
                  depth: int = 8, heads: int = 8, mlp_ratio: float = 4.0, in_dim: int = 12,
@@ -83,6 +95,7 @@ class LatentTokenDecoder(nn.Module):
         self.transformer = Transformer(width, depth, heads, mlp_ratio)
         self.to_pixels = nn.Linear(width, out_channels * patch_size**2)
         self.nested_dropout = NestedDropout(num_tokens, **nested_dropout) if nested_dropout else None
+        self.fixed_size = image_size
 
     @property
     def flexible(self) -> bool:

@@ -52,4 +52,4 @@ def budget_ladder(max_tokens: int) -> list[int]:
     while k < max_tokens:
         ladder.append(k)
         k *= 2
-    return ladder + [max_tokens]
+    return [*ladder, max_tokens]

@@ -11,21 +11,24 @@ names an import path and loading a saved tokenizer never runs code the file choo
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from vtok.images import psnr
 from vtok.quantizers import QuantizerOutput, build_quantizer
 
 from .conv import ConvDecoder, ConvEncoder
 from .expander import EXPANDERS
 from .latent_tokens import LatentTokenDecoder, LatentTokenEncoder
+from .parts import Decoder, Encoder
 from .tokens import TokenizerOutput, Tokens
 from .vit import ViTDecoder, ViTEncoder
 
-ENCODERS: dict[str, type[nn.Module]] = {"conv": ConvEncoder, "vit": ViTEncoder, "latent_tokens": LatentTokenEncoder}
-DECODERS: dict[str, type[nn.Module]] = {"conv": ConvDecoder, "vit": ViTDecoder, "latent_tokens": LatentTokenDecoder}
+ENCODERS: dict[str, type[Encoder]] = {"conv": ConvEncoder, "vit": ViTEncoder, "latent_tokens": LatentTokenEncoder}
+DECODERS: dict[str, type[Decoder]] = {"conv": ConvDecoder, "vit": ViTDecoder, "latent_tokens": LatentTokenDecoder}
 
 
 def _build(registry: dict[str, type[nn.Module]], role: str, config: dict[str, Any], **defaults: Any) -> nn.Module:
@@ -37,10 +40,10 @@ def _build(registry: dict[str, type[nn.Module]], role: str, config: dict[str, An
 
 
 def _plain(value: Any) -> Any:
-    """Nested mappings and sequences -> dicts and lists (accepts OmegaConf containers without importing it)."""
-    if hasattr(value, "items"):
+    """Nested mappings and sequences -> dicts and lists (OmegaConf's containers are both, so no import)."""
+    if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return [_plain(v) for v in value]
     return value
 
@@ -67,12 +70,12 @@ class Tokenizer(nn.Module):
     ) -> None:
         super().__init__()
         encoder, quantizer, decoder, expander = _plain(encoder), _plain(quantizer), _plain(decoder), _plain(expander)
-        self.encoder = _build(ENCODERS, "encoder", encoder)
+        self.encoder: Encoder = _build(ENCODERS, "encoder", encoder)
         quantizer.setdefault("dim", self.encoder.out_dim)
         self.quantizer = build_quantizer(quantizer)
-        latent_dim = self.quantizer.dim
+        latent_dim = self.quantizer.out_dim
         self.expander = _build(EXPANDERS, "expander", expander, in_dim=latent_dim) if expander else None
-        self.decoder = _build(DECODERS, "decoder", decoder,
+        self.decoder: Decoder = _build(DECODERS, "decoder", decoder,
                               in_dim=self.expander.out_dim if self.expander else latent_dim)
         self.image_size = image_size
         self._config = {
@@ -86,8 +89,8 @@ class Tokenizer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str, device: str = "cpu", revision: str | None = None) -> Tokenizer:
-        """Load an exported tokenizer (folder or Hugging Face repo id); see :mod:`vtok.tokenizers.pretrained`."""
-        from .pretrained import load_pretrained
+        """Load an exported tokenizer (folder or Hugging Face repo id); see :mod:`vtok.tokenizers.serialization`."""
+        from .serialization import load_pretrained
 
         tokenizer = load_pretrained(path_or_repo, device=device, revision=revision)
         if not isinstance(tokenizer, cls):
@@ -96,7 +99,7 @@ class Tokenizer(nn.Module):
 
     def save_pretrained(self, out_dir: str, extra: dict[str, Any] | None = None) -> None:
         """Write ``config.json`` (plain data) and ``model.safetensors`` into ``out_dir``."""
-        from .pretrained import save_pretrained
+        from .serialization import save_pretrained
 
         save_pretrained(self, out_dir, extra)
 
@@ -123,29 +126,58 @@ class Tokenizer(nn.Module):
     @property
     def flexible(self) -> bool:
         """Whether any prefix of the token sequence decodes (1D tokenizers trained with nested dropout)."""
-        return bool(getattr(self.decoder, "flexible", False))
+        return self.decoder.flexible
 
-    def _tokenize(self, images: Tensor) -> tuple[Tokens, QuantizerOutput]:
-        features = self.encoder(images)
+    @property
+    def fixed_size(self) -> int | None:
+        """The one image side this tokenizer decodes to (1D tokens carry no grid), ``None`` for any size."""
+        return self.decoder.fixed_size
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Names ``forward(images, features=...)`` accepts: ``encoder`` (what enters the bottleneck),
+        ``quantized`` (what leaves it), ``expanded`` (with an expander) and ``encoder.NAME`` for each of the
+        encoder's intermediate features."""
+        names = ("encoder", "quantized", *(f"encoder.{n}" for n in self.encoder.feature_names))
+        return (*names, "expanded") if self.expander is not None else names
+
+    def _tokenize(self, images: Tensor, encoder_features: Collection[str] = ()
+                  ) -> tuple[Tokens, QuantizerOutput, Tensor, dict[str, Tensor]]:
+        features, intermediate = self.encoder.forward_features(images, encoder_features)
         q = self.quantizer(features)
-        return Tokens(indices=q.indices, latents=q.quantized, layout=tuple(features.shape[1:-1])), q
+        return Tokens(indices=q.indices, latents=q.quantized, layout=tuple(features.shape[1:-1])), q, features, \
+            intermediate
 
     def _decode_latents(self, latents: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         expanded = self.expander(latents) if self.expander is not None else None
         inputs = expanded if expanded is not None else latents
         if lengths is None:
             return self.decoder(inputs), expanded
-        if not hasattr(self.decoder, "flexible"):
+        if not self.decoder.takes_lengths:
             raise ValueError(f"{type(self.decoder).__name__} decodes whole grids; per-image lengths need a "
                              "1D latent-token decoder")
         return self.decoder(inputs, lengths=lengths), expanded
 
-    def forward(self, images: Tensor) -> TokenizerOutput:
-        """``(B, C, H, W)`` images -> reconstruction, tokens, bottleneck losses and stats."""
-        tokens, q = self._tokenize(images)
+    def forward(self, images: Tensor, features: Collection[str] = ()) -> TokenizerOutput:
+        """``(B, C, H, W)`` images -> reconstruction, tokens, bottleneck losses and stats.
+
+        Args:
+            features: names from :attr:`feature_names` to return in ``TokenizerOutput.features`` (channels
+                last, ``(B, *grid, D)``), for losses that supervise them. ``expanded`` is always returned when
+                there is an expander.
+        """
+        unknown = sorted(set(features) - set(self.feature_names))
+        if unknown:
+            raise KeyError(f"unknown tokenizer features {unknown}; this tokenizer has {list(self.feature_names)}")
+        wanted = {name.removeprefix("encoder.") for name in features if name.startswith("encoder.")}
+        tokens, q, encoded, intermediate = self._tokenize(images, wanted)
         reconstruction, expanded = self._decode_latents(tokens.latents)
-        features = {"expanded": expanded} if expanded is not None else {}
-        return TokenizerOutput(reconstruction, tokens, q.losses, q.stats, features)
+        named = {f"encoder.{name}": value for name, value in intermediate.items()}
+        named.update({"encoder": encoded, "quantized": tokens.latents})
+        if expanded is not None:
+            named["expanded"] = expanded
+        kept = {name: named[name] for name in (*features, *(("expanded",) if expanded is not None else ()))}
+        return TokenizerOutput(reconstruction, tokens, q.losses, q.stats, kept)
 
     def encode(self, images: Tensor, num_tokens: int | None = None, target_psnr: float | None = None) -> Tokens:
         """``(B, C, H, W)`` images in ``[-1, 1]`` -> tokens (indices ``(B, *layout)``, latents ``(B, *layout, D)``).
@@ -178,8 +210,7 @@ class Tokenizer(nn.Module):
         while bool((low < high).any()):
             middle = (low + high) // 2
             reconstruction = self._decode_latents(latents, lengths=middle)[0].clamp(-1, 1)
-            mse = (reconstruction.float() - images.float()).pow(2).flatten(1).mean(1)
-            reached = 10 * torch.log10(4.0 / mse.clamp_min(1e-12)) >= target_psnr
+            reached = psnr(reconstruction, images, eight_bit=False) >= target_psnr
             open_ = low < high
             high = torch.where(open_ & reached, middle, high)
             low = torch.where(open_ & ~reached, middle + 1, low)

@@ -34,7 +34,8 @@ class TokenizerOutput:
         tokens: the tokens the images were encoded to.
         losses: weighted bottleneck losses (commitment, entropy, KL, ...).
         stats: detached statistics for logging.
-        features: intermediate features other losses may supervise (``expanded``: the expander's output).
+        features: intermediate features other losses may supervise, by name (``Tokenizer.feature_names``:
+            ``encoder``, ``quantized``, ``encoder.NAME``, ``expanded``), channels last.
     """
 
     reconstruction: Tensor

@@ -7,37 +7,20 @@ the decoder turns ``(B, h, w, in_dim)`` latents back into ``(B, C, h*p, w*p)`` i
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Collection
+
 from torch import Tensor, nn
 
-from vtok.modules.transformer import LearnedGridPositions, Transformer, grid_positions, patch_grid, rope_2d
+from vtok.modules.patches import PatchPositions, unpatchify
+from vtok.modules.transformer import Transformer, block_indices, patch_grid
 
-POSITIONS = ("learned", "rope")
-
-
-class PatchPositions(nn.Module):
-    """Adds positions to ``(B, h*w, width)`` patch tokens: a learned table, or rotary angles for attention."""
-
-    def __init__(self, kind: str, grid: tuple[int, int], width: int, head_dim: int) -> None:
-        super().__init__()
-        if kind not in POSITIONS:
-            raise ValueError(f"unknown position kind {kind!r}; choose one of {list(POSITIONS)}")
-        self.kind, self.head_dim = kind, head_dim
-        self.table = LearnedGridPositions(grid, width) if kind == "learned" else None
-
-    def forward(self, tokens: Tensor, grid: tuple[int, int], extra_before: int = 0,
-                extra_after: int = 0) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """Returns ``(tokens + table, None)`` or ``(tokens, rope)``; rope covers ``extra`` non-spatial tokens too."""
-        if self.table is not None:
-            return tokens + self.table(*grid).to(tokens.dtype), None
-        positions = grid_positions(*grid, device=tokens.device)
-        zeros = positions.new_zeros
-        positions = torch.cat([zeros(extra_before, 2), positions, zeros(extra_after, 2)])
-        return tokens, rope_2d(positions, self.head_dim)
+from .parts import Decoder, Encoder
 
 
-class ViTEncoder(nn.Module):
+class ViTEncoder(Encoder):
     """Images ``(B, C, H, W)`` -> features ``(B, H/p, W/p, out_dim)``.
+
+    Intermediate features: ``block{i}``, the patch tokens ``(B, H/p, W/p, width)`` after transformer block ``i``.
 
     Args:
         in_channels: image channels.
@@ -57,19 +40,24 @@ class ViTEncoder(nn.Module):
         self.transformer = Transformer(width, depth, heads, mlp_ratio)
         self.positions = PatchPositions(position, patch_grid(image_size, patch_size), width, width // heads)
         self.to_features = nn.Linear(width, out_dim)
+        self.feature_names = tuple(f"block{i}" for i in range(depth))
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward_features(self, images: Tensor, names: Collection[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(B, C, H, W)`` -> ``(B, H/p, W/p, out_dim)`` and the named blocks' tokens."""
+        self._check_names(names)
         grid = patch_grid(tuple(images.shape[-2:]), self.patch_size)
         tokens = self.to_tokens(images).flatten(2).transpose(1, 2)
         tokens, rope = self.positions(tokens, grid)
-        return self.to_features(self.transformer(tokens, rope)).unflatten(1, grid)
+        tokens, kept = self.transformer.forward_blocks(tokens, rope, keep=block_indices(names))
+        features = {f"block{i}": hidden.unflatten(1, grid) for i, hidden in kept.items()}
+        return self.to_features(tokens).unflatten(1, grid), features
 
     def grid_shape(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """Token grid ``(h, w)`` for an image of ``(H, W)`` pixels."""
         return patch_grid(image_size, self.patch_size)
 
 
-class ViTDecoder(nn.Module):
+class ViTDecoder(Decoder):
     """Latents ``(B, h, w, in_dim)`` -> images ``(B, C, h*p, w*p)``; mirrors :class:`ViTEncoder`."""
 
     def __init__(self, out_channels: int = 3, patch_size: int = 16, width: int = 768, depth: int = 12,
@@ -82,7 +70,8 @@ class ViTDecoder(nn.Module):
         self.positions = PatchPositions(position, patch_grid(image_size, patch_size), width, width // heads)
         self.to_pixels = nn.Linear(width, out_channels * patch_size**2)
 
-    def forward(self, latents: Tensor) -> Tensor:
+    def forward(self, latents: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``(B, h, w, in_dim)`` -> ``(B, C, h*p, w*p)`` (a grid has no lengths)."""
         grid = tuple(latents.shape[1:3])
         tokens = self.from_latents(latents.flatten(1, 2))
         tokens, rope = self.positions(tokens, grid)
@@ -92,8 +81,3 @@ class ViTDecoder(nn.Module):
     def last_layer(self) -> Tensor:
         return self.to_pixels.weight
 
-
-def unpatchify(patches: Tensor, grid: tuple[int, int], patch_size: int) -> Tensor:
-    """``(B, h*w, C*p*p)`` -> ``(B, C, h*p, w*p)`` (channel-major within a patch, as ``PixelShuffle`` orders it)."""
-    batch = patches.shape[0]
-    return nn.functional.pixel_shuffle(patches.transpose(1, 2).reshape(batch, -1, *grid), patch_size)

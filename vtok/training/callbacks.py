@@ -8,19 +8,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
-from torch import Tensor
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-from vtok.data.transforms import to_uint8
-
-
-def image_grid(originals: Tensor, reconstructions: Tensor) -> Image.Image:
-    """Two ``(B, 3, H, W)`` batches in ``[-1, 1]`` -> one picture, originals above reconstructions."""
-    rows = []
-    for batch in (originals, reconstructions):
-        pixels = to_uint8(batch.detach().float().cpu().clamp(-1, 1))  # B, 3, H, W
-        rows.append(torch.cat(list(pixels), dim=2))  # 3, H, B*W
-    return Image.fromarray(torch.cat(rows, dim=1).permute(1, 2, 0).numpy())
+from vtok.images import image_grid
 
 
 class ReconstructionGrid(L.Callback):
@@ -52,8 +42,7 @@ class ReconstructionGrid(L.Callback):
         out.parent.mkdir(parents=True, exist_ok=True)
         grid.save(out)
         for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):  # TensorBoard
-                experiment.add_image("reconstructions", np.asarray(grid), step, dataformats="HWC")
-            elif type(logger).__name__ == "WandbLogger":
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("reconstructions", np.asarray(grid), step, dataformats="HWC")
+            elif isinstance(logger, WandbLogger):
                 logger.log_image("reconstructions", [grid], step=step)

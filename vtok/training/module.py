@@ -17,12 +17,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from vtok.distributed import all_reduce_sum
+from vtok.images import psnr
 from vtok.losses import TokenizerLoss
-from vtok.quantizers.distributed import all_reduce_sum
-from vtok.quantizers.stats import UsageWindow, usage_and_perplexity
+from vtok.quantizers.stats import UsageWindow, has_histogram, usage_and_perplexity
 from vtok.tokenizers import Tokenizer
 
 from .ema import EMA
@@ -72,8 +72,8 @@ class TokenizerModule(L.LightningModule):
         self.loss = loss
         self.ema = EMA(tokenizer, ema_decay) if ema_decay else None
         size = tokenizer.vocab_size
-        # A window of per-batch histograms: only for codebooks small enough (LFQ/BSQ report per-bit stats).
-        self.usage = UsageWindow(size, usage_window) if size and size <= 2**16 else None
+        # Usage over a window of batches, for codebooks with a histogram (larger LFQ/BSQ report per-bit stats).
+        self.usage = UsageWindow(size, usage_window) if has_histogram(size) else None
         self._last_step_time: float | None = None
         self._pending_rng: dict[str, Any] | None = None
         self.train_seconds = 0.0  # wall time spent in training steps, across resumes
@@ -176,9 +176,8 @@ class TokenizerModule(L.LightningModule):
         images = batch["image"]
         tokenizer = self.eval_tokenizer
         reconstruction = tokenizer.decode(tokenizer.encode(images)).clamp(-1, 1)
-        mse = F.mse_loss(_quantize_8bit(reconstruction), _quantize_8bit(images), reduction="none").mean((1, 2, 3))
-        psnr = 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
-        self.log("val/psnr", psnr.mean(), prog_bar=True, sync_dist=True, batch_size=images.shape[0])
+        self.log("val/psnr", psnr(reconstruction, images).mean(), prog_bar=True, sync_dist=True,
+                 batch_size=images.shape[0])
 
     # ----------------------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -193,10 +192,6 @@ class TokenizerModule(L.LightningModule):
             self.ema.load_state_dict(checkpoint["ema"])
         self._pending_rng = checkpoint.get("rng")
         self.train_seconds = checkpoint.get("train_seconds", 0.0)
-
-
-def _quantize_8bit(images: Tensor) -> Tensor:
-    return images.float().add(1).mul(127.5).round().clamp(0, 255)
 
 
 def _get_rng_state() -> dict[str, Any]:

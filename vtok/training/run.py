@@ -1,4 +1,5 @@
-"""``train(cfg)``: build everything a Hydra config names, fit, and optionally evaluate."""
+"""``fit(cfg)``: build everything a Hydra config names and train it (evaluation is the entry layer's: see
+:mod:`vtok.experiment`)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,20 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .module import TokenizerModule
+from .progress import route_lightning_logs
 
 log = logging.getLogger(__name__)
 
 # Checkpoints hold the state after the optimiser step of their batch: exactly what an exact resume needs.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+# Lightning's own use of a deprecated torch API: nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def resolve_checkpoint(cfg: DictConfig) -> str | None:
@@ -68,12 +70,9 @@ def build(cfg: DictConfig) -> tuple[TokenizerModule, L.LightningDataModule, L.Tr
     return module, datamodule, trainer
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit the configured tokenizer; with ``evaluate=true`` also write the evaluation report.
-
-    Returns:
-        ``{"run_dir", "checkpoint", "train_steps", "train_seconds"}`` and, when evaluated, ``"report"``.
-    """
+def fit(cfg: DictConfig) -> tuple[TokenizerModule, L.LightningDataModule, L.Trainer]:
+    """Fit the configured tokenizer (resuming as ``cfg`` asks); returns what was built, trained."""
+    route_lightning_logs()
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_checkpoint(cfg)
     module, datamodule, trainer = build(cfg)
@@ -81,27 +80,4 @@ def train(cfg: DictConfig) -> dict[str, Any]:
              sum(p.numel() for p in module.tokenizer.parameters()) / 1e6, module.tokenizer.num_tokens(),
              module.tokenizer.image_size, module.tokenizer.bits_per_token)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    result: dict[str, Any] = {
-        "run_dir": str(cfg.paths.run_dir),
-        "checkpoint": str(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"),
-        "train_steps": trainer.global_step,
-        "train_seconds": module.train_seconds,
-    }
-    if cfg.evaluate and trainer.is_global_zero:
-        from vtok.eval.protocol import evaluate_from_config
-
-        datamodule.setup("validate")
-        report = evaluate_from_config(
-            module.eval_tokenizer.to(module.device).eval(), datamodule.val_dataloader(), cfg.eval, cfg.data,
-            Path(cfg.paths.run_dir), device=module.device,
-            extra={"train_steps": result["train_steps"], "train_seconds": result["train_seconds"],
-                   # over the trainer's usage window (recent training batches), for comparison with held-out
-                   "codebook_usage_train": _float(trainer.callback_metrics.get("train/codebook_usage")),
-                   "perplexity_train": _float(trainer.callback_metrics.get("train/codebook_perplexity"))},
-        )
-        result["report"] = report
-    return result
-
-
-def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (torch.Tensor, int, float)) else None
+    return module, datamodule, trainer

@@ -1,4 +1,8 @@
-"""Save and load tokenizers as Hugging Face-style folders: ``config.json`` (plain data) + ``model.safetensors``.
+"""A tokenizer's own saved form: Hugging Face-style folders of ``config.json`` (plain data) + ``model.safetensors``.
+
+(Three things are "pretrained" in vtok, each with one home: this module saves and loads *a tokenizer*;
+:mod:`vtok.checkpoint` reads vtok's *training checkpoints* (``.ckpt``) and either form through one call;
+:mod:`vtok.weights` finds the *third-party networks* that losses and metrics need, such as LPIPS or Inception.)
 
 Loading never runs code a file chooses: the config names a family from :data:`FAMILIES` and component kinds
 from the allowlists, any key or value that looks like an import path is refused, and weights are read only from

@@ -1,0 +1,82 @@
+"""Everything vtok asks of ``torch.distributed``, in one place; every helper is a no-op in a single process.
+
+Quantizers keep their codebooks identical across ranks with :func:`all_reduce_sum`, :func:`broadcast` and
+:func:`mean_over_ranks`; data streams split work with :func:`rank_and_world_size` and :func:`worker_and_count`;
+evaluation gathers per-image values with :func:`gather_list`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import get_worker_info
+
+
+def is_distributed() -> bool:
+    """Whether a process group of more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank in the running group (0 without one)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Ranks in the running group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """``(rank, world_size)`` from ``torch.distributed`` when initialised, else from ``RANK``/``WORLD_SIZE``
+    (data-loader workers and launchers that set the variables before the group starts)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def worker_and_count() -> tuple[int, int]:
+    """``(worker_id, num_workers)`` inside a ``DataLoader`` worker, ``(0, 1)`` in the main process."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over ranks in place and return it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast(tensor: Tensor, src: int = 0) -> Tensor:
+    """Copy rank ``src``'s ``tensor`` to every rank in place and return it."""
+    if is_distributed():
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
+def mean_over_ranks(local_mean: Tensor, local_count: int) -> Tensor:
+    """Mean over all ranks' samples, given this rank's mean of ``local_count`` samples; differentiable.
+
+    Gradients flow back to every rank's contribution (``torch.distributed.nn`` all-reduce).
+    """
+    if not is_distributed():
+        return local_mean
+    from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+
+    counts = torch.tensor([float(local_count)], device=local_mean.device)
+    dist.all_reduce(counts)
+    return differentiable_all_reduce(local_mean * local_count) / counts
+
+
+def gather_list(values: list[Any]) -> list[Any]:
+    """Concatenate a list of picklable values over ranks, in rank order; the list itself in one process."""
+    if not is_distributed():
+        return list(values)
+    gathered: list[list[Any]] = [[] for _ in range(world_size())]
+    dist.all_gather_object(gathered, list(values))
+    return [v for part in gathered for v in part]

@@ -1,0 +1,83 @@
+"""The entry layer behind ``python train.py``: train, then (``evaluate=true``) evaluate and summarise.
+
+This is the one module that imports both :mod:`vtok.training` and :mod:`vtok.eval`; neither imports the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from vtok.eval.protocol import evaluate_from_config
+from vtok.training.run import fit
+
+# A run slower than this share of the speed its recipe expects is flagged.
+SLOW_SHARE = 0.6
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured tokenizer; with ``evaluate=true`` also write the evaluation report.
+
+    Returns:
+        ``{"run_dir", "checkpoint", "train_steps", "train_seconds", "time_budget",
+        "expected_steps_per_second",
+        "is_global_zero"}`` and, when evaluated,
+        ``"report"``.
+    """
+    module, datamodule, trainer = fit(cfg)
+    result: dict[str, Any] = {
+        "run_dir": str(cfg.paths.run_dir),
+        "checkpoint": str(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"),
+        "train_steps": trainer.global_step,
+        "train_seconds": module.train_seconds,
+        "time_budget": cfg.module.get("time_budget"),
+        "expected_steps_per_second": cfg.get("expected_steps_per_second"),
+        "is_global_zero": trainer.is_global_zero,
+    }
+    if cfg.evaluate and trainer.is_global_zero:
+        datamodule.setup("validate")
+        result["report"] = evaluate_from_config(
+            module.eval_tokenizer.to(module.device).eval(), datamodule.val_dataloader(), cfg.eval, cfg.data,
+            Path(cfg.paths.run_dir), device=module.device,
+            extra={"train_steps": result["train_steps"], "train_seconds": result["train_seconds"],
+                   # over the trainer's usage window (recent training batches), for comparison with held-out
+                   "codebook_usage_train": _float(trainer.callback_metrics.get("train/codebook_usage")),
+                   "perplexity_train": _float(trainer.callback_metrics.get("train/codebook_perplexity"))},
+        )
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    """What a person reads at the end of a run: steps trained, held-out quality against the baselines, paths."""
+    lines = [f"\ntrained {result['train_steps']:,} steps in {result['train_seconds']:.0f} s of training"
+             + (f" (time budget {result['time_budget']:.0f} s)" if result.get("time_budget") else "")]
+    expected = result.get("expected_steps_per_second")
+    rate = result["train_steps"] / max(result["train_seconds"], 1e-9)
+    if expected and result["train_steps"] and rate < SLOW_SHARE * expected:
+        budget = result.get("time_budget")
+        fewer = (f": {result['train_steps']:,} steps where the budget allows about {expected * budget:,.0f}"
+                 if budget else "")
+        lines.append(f"  WARNING: {rate:.1f} steps/s where this recipe expects about {expected:g} (a busy or slow "
+                     f"machine){fewer}, so quality is lower than the README's numbers")
+    report = result.get("report")
+    if report:
+        lines.append(f"held-out PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.3f} at "
+                     f"{report['bits_per_pixel']:.4f} bits per pixel on {report['num_images']} images")
+        if "jpeg" in report:
+            lines.append(f"  JPEG at {report['jpeg']['bits_per_pixel']:.4f} bpp: {report['jpeg']['psnr']:.2f} dB; "
+                         f"patch-mean tokenizer at {report['patch_mean']['bits_per_pixel']:.4f} bpp: "
+                         f"{report['patch_mean']['psnr']:.2f} dB")
+        if "codebook_usage" in report:
+            lines.append(f"  codebook usage {report['codebook_usage']:.1%} on held-out images (uniform bound "
+                         f"{report['codebook_usage_uniform_bound']:.1%}), perplexity {report['perplexity']:.0f}")
+        lines.append(f"report: {report['report_path']}")
+        lines.append(f"reconstructions: {report['reconstructions_path']}")
+    lines.append(f"checkpoint: {result['checkpoint']}")
+    return "\n".join(lines)
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (torch.Tensor, int, float)) else None
