@@ -30,13 +30,34 @@ FAMILIES = {
         "decoder": {"kind": "latent_tokens", "num_tokens": 8, **VIT}, "image_size": 32},
     "lfq_with_expander": {**tiny_tokenizer_config(), "quantizer": {"kind": "lfq", "bits": 10},
                           "expander": {"kind": "transformer", "width": 16, "depth": 1, "heads": 2, "out_dim": 12}},
+    "tokenflow_dual_shared": {
+        "encoder": {"kind": "dual", "semantic": {"kind": "vit", "out_dim": 8, **VIT},
+                    "pixel": {"kind": "conv", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                              "out_dim": 4, "downsample": 8}},
+        "quantizer": {"kind": "dual", "semantic_dim": 8, "codebook_size": 32, "restart_threshold": 0.5},
+        "decoder": {"kind": "conv", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "downsample": 8},
+        "image_size": 32},
+    "dualtoken_pair": {
+        "encoder": {"kind": "vit", "out_dim": 8, "shallow_block": 0, "shallow_dim": 8, **VIT},
+        "quantizer": {"kind": "dual", "semantic_dim": 8, "codebook_size": 32, "shared_index": False,
+                      "decode_from": "both"},
+        "decoder": {"kind": "vit", **VIT}, "image_size": 32},
+    "mingtok_expander": {"encoder": {"kind": "vit", "out_dim": 8, **VIT},
+                         "quantizer": {"kind": "continuous", "normalize": True},
+                         "expander": {"kind": "transformer", "width": 16, "depth": 1, "heads": 2, "out_dim": 16},
+                         "decoder": {"kind": "vit", **VIT}, "image_size": 32},
+    "textok_conditioned": {
+        "encoder": {"kind": "latent_tokens", "num_tokens": 8, "out_dim": 4, "condition_dim": 6, **VIT},
+        "quantizer": {"kind": "vq", "codebook_size": 32},
+        "decoder": {"kind": "latent_tokens", "num_tokens": 8, "condition_dim": 6, **VIT}, "image_size": 32},
 }
+TEXT = torch.randn(3, 6)
 
 
 def _trained_a_little(config):
     tokenizer = Tokenizer(**config)
     # Move every weight and buffer off its initial value so the round trip proves real state is saved.
-    tokenizer.train()(torch.rand(4, 3, 32, 32) * 2 - 1)
+    tokenizer.train()(torch.rand(3, 3, 32, 32) * 2 - 1, text=TEXT if tokenizer.condition_dim else None)
     with torch.no_grad():
         for p in tokenizer.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -50,8 +71,9 @@ def test_export_then_from_pretrained_is_bit_identical(family, tmp_path):
     assert {p.name for p in (tmp_path / "export").iterdir()} == {"config.json", "model.safetensors", "README.md"}
     loaded = Tokenizer.from_pretrained(str(tmp_path / "export"))
     images = torch.rand(3, 3, 32, 32) * 2 - 1
+    text = TEXT if tokenizer.condition_dim else None
     with torch.no_grad():
-        a, b = tokenizer.encode(images), loaded.encode(images)
+        a, b = tokenizer.encode(images, text=text), loaded.encode(images, text=text)
         assert (a.indices is None and b.indices is None) or torch.equal(a.indices, b.indices)
         assert torch.equal(a.latents, b.latents)
         assert torch.equal(tokenizer.decode(a), loaded.decode(b))

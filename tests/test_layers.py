@@ -20,7 +20,8 @@ BLOCK = textwrap.dedent("""
 # Every module below the trainer: all of them must import with Lightning and vtok.training blocked.
 LIGHTNING_FREE = sorted([
     *(".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-      for folder in ("vtok/tokenizers", "vtok/quantizers", "vtok/modules", "vtok/eval", "vtok/losses", "vtok/data")
+      for folder in ("vtok/tokenizers", "vtok/quantizers", "vtok/modules", "vtok/eval", "vtok/losses", "vtok/data",
+                     "vtok/teachers")
       for path in (ROOT / folder).glob("*.py")
       if path.name != "datamodule.py"),  # the data module is the one Lightning part of vtok.data
     "vtok.hub", "vtok.checkpoint", "vtok.images", "vtok.distributed", "vtok.weights", "vtok.config",

@@ -41,7 +41,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         datamodule.setup("validate")
         result["report"] = evaluate_from_config(
             module.eval_tokenizer.to(module.device).eval(), datamodule.val_dataloader(), cfg.eval, cfg.data,
-            Path(cfg.paths.run_dir), device=module.device,
+            Path(cfg.paths.run_dir), device=module.device, text_encoder=module.loss.text_encoder,
+            terms=dict(module.loss.terms.items()),
             extra={"train_steps": result["train_steps"], "train_seconds": result["train_seconds"],
                    # over the trainer's usage window (recent training batches), for comparison with held-out
                    "codebook_usage_train": _float(trainer.callback_metrics.get("train/codebook_usage")),
@@ -73,6 +74,13 @@ def summary(result: dict[str, Any]) -> str:
         if "codebook_usage" in report:
             lines.append(f"  codebook usage {report['codebook_usage']:.1%} on held-out images (uniform bound "
                          f"{report['codebook_usage_uniform_bound']:.1%}), perplexity {report['perplexity']:.0f}")
+        for name, figures in report.get("semantic", {}).items():
+            if "teacher_cosine" in figures:
+                lines.append(f"  {name}: cosine to the teacher {figures['teacher_cosine']:.3f} on held-out images")
+            else:
+                lines.append(f"  {name}: image-to-caption R@1 {figures['recall_at_1']:.1%} (chance "
+                             f"{figures['chance_at_1']:.1%}), R@5 {figures['recall_at_5']:.1%} (chance "
+                             f"{figures['chance_at_5']:.1%}) over {figures['num_images']} held-out images")
         lines.append(f"report: {report['report_path']}")
         lines.append(f"reconstructions: {report['reconstructions_path']}")
     lines.append(f"checkpoint: {result['checkpoint']}")

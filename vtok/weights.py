@@ -1,11 +1,13 @@
-"""Pretrained files (LPIPS backbones, the FID Inception network): where they come from and how to get them.
+"""Pretrained files (LPIPS backbones, the FID Inception network) and models (teachers, text encoders): where they
+come from and how to get them.
 
 Every pretrained part resolves its file the same way: a path from the config, else the torch hub cache, else a
 download. When none works (air-gapped clusters, CI) it stops with :class:`MissingWeightsError` naming the file
 and the config key, never falling back to random weights.
 
 ``python -m vtok.weights out=DIR [experiment=... other overrides]`` downloads every file the composed config
-needs into ``DIR`` (on a machine with network), checks each checksum, and prints the overrides that point the
+needs into ``DIR`` (on a machine with network), checks each checksum, fetches every ``transformers`` model it
+loads by hub id (image teachers, text encoders) into ``DIR/models/``, and prints the overrides that point the
 config at them.
 """
 
@@ -108,6 +110,31 @@ def files_needed(cfg: Any) -> list[tuple[str, str]]:
     return needed
 
 
+def models_needed(cfg: Any) -> list[tuple[str, str]]:
+    """``(hub id or folder, config key)`` of every ``transformers`` model a composed train config loads."""
+    loss = cfg.get("loss") or {}
+    teachers = cfg.get("teachers") or {}
+    needed: list[tuple[str, str]] = []
+    terms = [term for term in (loss.get("terms") or {}).values() if term]
+    image = teachers.get("image") or {}
+    if any("teacher" in term for term in terms) and image.get("source"):
+        needed.append((str(image.get("source")), "teachers.image.source"))
+    text = teachers.get("text") or {}
+    if loss.get("text_encoder") and text.get("source"):
+        needed.append((str(text.get("source")), "teachers.text.source"))
+    return needed
+
+
+def download_model(source: str, out_dir: Path) -> Path:
+    """A hub model's files into ``out_dir/models/ORG--NAME`` (a local folder is returned as it is)."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    target = out_dir / "models" / source.replace("/", "--")
+    return Path(snapshot_download(source, local_dir=str(target)))
+
+
 def download(name: str, out_dir: Path) -> Path:
     """Download one file of :data:`FILES` into ``out_dir`` (kept if already there) and check its hash prefix."""
     file = FILES[name]
@@ -135,11 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in args if not a.startswith("out=")]
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         cfg = compose(config_name="train", overrides=overrides)
-    needed = files_needed(cfg)
-    if not needed:
+    needed, models = files_needed(cfg), models_needed(cfg)
+    if not needed and not models:
         print("this config needs no pretrained files")
         return 0
     failures, keys = 0, []
+    for source, key in models:
+        try:
+            keys.append(f"{key}={download_model(source, Path(out)).resolve()}")
+            print(f"ok       {source} ({key})")
+        except Exception as error:  # report every model, then fail
+            failures += 1
+            print(f"FAILED   {source} ({key}): {type(error).__name__}: {error}", file=sys.stderr)
     for name, key in needed:
         try:
             path = download(name, Path(out))

@@ -1,14 +1,19 @@
 """Write an image folder into WebDataset tar shards.
 
     python -m vtok.data.shards SRC_DIR OUT_DIR --maxcount 1000
+    vtok-shards coco/val2017 shards/ --captions coco/annotations/captions_val2017.json --prefix val
 
-Captions come from a sidecar ``NAME.txt`` next to ``NAME.jpg`` when present. Unreadable images are skipped,
-counted and listed in the summary.
+Captions come from a sidecar ``NAME.txt`` next to ``NAME.jpg`` when present, or from a COCO-style annotation
+file (``--captions``: ``images`` with ``id`` and ``file_name``, ``annotations`` with ``image_id`` and
+``caption``). A sample with captions carries the first as ``txt`` and all of them as ``json``
+(``{"captions": [...]}``), from which the reader draws one per visit. Unreadable images are skipped, counted
+and listed in the summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -53,8 +58,11 @@ def find_images(src: str | Path) -> list[Path]:
     return sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+Caption = str | list[str] | None
+
+
 def write_shards(
-    items: Iterable[tuple[str, bytes, str, str | None]],
+    items: Iterable[tuple[str, bytes, str, Caption]],
     out_dir: str | Path,
     prefix: str = "shard",
     maxcount: int = 1000,
@@ -65,7 +73,8 @@ def write_shards(
     """Write ``(key, image_bytes, extension, caption)`` items into ``out_dir/prefix-000000.tar``, ...
 
     Args:
-        items: samples; ``extension`` is the image member's suffix without dot (``"png"``).
+        items: samples; ``extension`` is the image member's suffix without dot (``"png"``); ``caption`` is one
+            string, a list of them, or ``None``.
         maxcount: samples per shard.
         verify: decode every image first and skip the ones that fail.
     """
@@ -83,8 +92,10 @@ def write_shards(
                     summary.skipped.append(key)
                     continue
             sample = {"__key__": key, ext: data}
-            if caption is not None:
-                sample["txt"] = caption
+            captions = [caption] if isinstance(caption, str) else list(caption or [])
+            if captions:
+                sample["txt"] = captions[0]
+                sample["json"] = json.dumps({"captions": captions}).encode()
                 summary.captions += 1
             sink.write(sample)
             summary.written += 1
@@ -93,14 +104,40 @@ def write_shards(
     return summary
 
 
-def folder_items(src: str | Path) -> tuple[list[tuple[str, bytes, str, str | None]], int]:
-    """Items for :func:`write_shards` from an image folder, with sidecar ``.txt`` captions."""
+def coco_captions(annotation_file: str | Path) -> dict[str, list[str]]:
+    """``{file name: [captions]}`` from a COCO-style caption annotation file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it is not a COCO caption file (names the missing field).
+    """
+    path = Path(annotation_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"caption file not found: {path}")
+    data = json.loads(path.read_text())
+    for field_name in ("images", "annotations"):
+        if field_name not in data:
+            raise ValueError(f"{path} is not a COCO caption file: it has no {field_name!r} list")
+    names = {image["id"]: image["file_name"] for image in data["images"]}
+    captions: dict[str, list[str]] = {}
+    for note in data["annotations"]:
+        if note.get("image_id") in names and note.get("caption"):
+            captions.setdefault(names[note["image_id"]], []).append(note["caption"].strip())
+    return captions
+
+
+def folder_items(src: str | Path, captions: dict[str, list[str]] | None = None
+                 ) -> tuple[Iterable[tuple[str, bytes, str, Caption]], int]:
+    """Items for :func:`write_shards` from an image folder, with sidecar ``.txt`` captions or ``captions``
+    (``{file name: [captions]}``, e.g. from :func:`coco_captions`)."""
     paths = find_images(src)
 
     def generate():
         for path in paths:
             caption_path = path.with_suffix(".txt")
-            caption = caption_path.read_text().strip() if caption_path.exists() else None
+            caption: Caption = caption_path.read_text().strip() if caption_path.exists() else None
+            if captions is not None:
+                caption = captions.get(path.name) or caption
             key = str(path.relative_to(src).with_suffix("")).replace(os.sep, "__").replace(".", "_")
             yield key, path.read_bytes(), path.suffix.lower().lstrip("."), caption
 
@@ -114,8 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--maxcount", type=int, default=1000, help="images per shard (default 1000)")
     parser.add_argument("--prefix", default="shard", help="shard file prefix (default 'shard')")
     parser.add_argument("--no-verify", action="store_true", help="do not decode images before writing")
+    parser.add_argument("--captions", help="COCO-style caption annotations (e.g. captions_train2017.json)")
     args = parser.parse_args(argv)
-    items, total = folder_items(args.src)
+    items, total = folder_items(args.src, coco_captions(args.captions) if args.captions else None)
     if total == 0:
         parser.error(f"no images found under {args.src}")
     summary = write_shards(items, args.out, prefix=args.prefix, maxcount=args.maxcount, total=total,

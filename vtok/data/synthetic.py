@@ -21,11 +21,12 @@ SHAPES = ("circle", "square", "stripe")
 class SyntheticCaptions(Dataset):
     """``length`` images of ``size x size``: a shape of one colour on a smooth background of another.
 
-    Yields dicts with ``image`` ``(3, size, size)`` in ``[-1, 1]``, ``caption`` and ``key``.
+    Yields dicts with ``image`` ``(3, size, size)`` in ``[-1, 1]``, ``key`` and (with ``captions``, the default)
+    ``caption``.
     """
 
-    def __init__(self, length: int = 64, size: int = 32, seed: int = 0) -> None:
-        self.length, self.size, self.seed = length, size, seed
+    def __init__(self, length: int = 64, size: int = 32, seed: int = 0, captions: bool = True) -> None:
+        self.length, self.size, self.seed, self.captions = length, size, seed, captions
 
     def __len__(self) -> int:
         return self.length
@@ -51,4 +52,7 @@ class SyntheticCaptions(Dataset):
         image[mask] = COLOURS[names[fg]]
         tensor = torch.from_numpy(image.clip(0, 255)).permute(2, 0, 1).float() / 127.5 - 1.0
         caption = f"a {names[fg]} {shape} on a {names[bg]} background"
-        return {"image": tensor, "caption": caption, "key": f"synthetic-{index:06d}"}
+        sample = {"image": tensor, "key": f"synthetic-{index:06d}"}
+        if self.captions:
+            sample["caption"] = caption
+        return sample

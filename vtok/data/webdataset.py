@@ -183,18 +183,23 @@ class ShardDataset(IterableDataset):
                 continue
             sample = {"image": self.transform(image, rng), "key": raw.get("__key__", "")}
             if self.captions:
-                sample["caption"] = _caption(raw)
+                sample["caption"] = _caption(raw, rng if self.resampled else None)
             yield sample
             produced += 1
             if limit is not None and produced >= limit:
                 return
 
 
-def _caption(raw: dict[str, Any]) -> str:
-    if "txt" in raw:
-        return raw["txt"].decode("utf-8").strip()
+def _caption(raw: dict[str, Any], rng: np.random.Generator | None) -> str:
+    """The sample's caption: with several (``json`` ``captions``), a random one per training visit (``rng``) and
+    the first in evaluation; else ``txt``; else ``""``."""
     if "json" in raw:
         meta = json.loads(raw["json"])
-        caption = meta.get("caption", meta.get("captions", ""))
-        return caption[0] if isinstance(caption, list) and caption else str(caption)
+        caption = meta.get("captions", meta.get("caption", ""))
+        if isinstance(caption, list) and caption:
+            return str(caption[int(rng.integers(len(caption)))] if rng is not None else caption[0]).strip()
+        if caption:
+            return str(caption).strip()
+    if "txt" in raw:
+        return raw["txt"].decode("utf-8").strip()
     return ""

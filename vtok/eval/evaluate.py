@@ -21,12 +21,15 @@ from tqdm import tqdm
 
 from vtok.distributed import all_reduce_sum, gather_list, rank
 from vtok.images import image_grid, square_tile
+from vtok.losses import LossTerm
 from vtok.quantizers.stats import has_histogram, usage_and_perplexity
+from vtok.teachers import TextEncoder
 from vtok.tokenizers import Tokenizer
 
 from .baselines import jpeg_at_bpp, patch_mean_at_bpp
 from .fid import FIDMeter
 from .metrics import psnr, ssim
+from .semantic import SemanticMeter
 from .token_budget import TokenBudgetMeter, plot_quality_vs_tokens
 
 GRID_SIZE = 192  # side of each tile in reconstructions.png
@@ -61,11 +64,12 @@ class EvaluationMeter:
         self.reconstructions: list[Tensor] = []
 
     @torch.no_grad()
-    def update(self, batch: Tensor) -> None:
-        """Measure one ``(B, 3, H, W)`` batch in ``[-1, 1]``."""
+    def update(self, batch: Tensor, condition: Tensor | None = None) -> None:
+        """Measure one ``(B, 3, H, W)`` batch in ``[-1, 1]`` (``condition``: its ``(B, D)`` caption embeddings,
+        for a caption-conditioned tokenizer)."""
         batch = batch.to(self.device)
         start = time.perf_counter()
-        encoded = self.tokenizer.encode(batch)
+        encoded = self.tokenizer.encode(batch, text=condition)
         _sync(self.device)
         self.totals["encode_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
@@ -79,7 +83,7 @@ class EvaluationMeter:
         if self.fid is not None:
             self.fid.update(batch, decoded)
         if self.budget is not None:
-            self.budget.update(batch)
+            self.budget.update(batch, condition)
         if encoded.indices is not None and self.histogram:
             self.counts += torch.bincount(encoded.indices.reshape(-1), minlength=self.counts.numel()).double()
         elif encoded.indices is not None:
@@ -166,6 +170,8 @@ def evaluate(
     fid: FIDMeter | None = None,
     lpips: torch.nn.Module | None = None,
     target_psnr: float | None = None,
+    text_encoder: TextEncoder | None = None,
+    terms: dict[str, LossTerm] | None = None,
 ) -> tuple[dict[str, Any], list[Tensor], list[Tensor]]:
     """Reconstruct each image and measure it.
 
@@ -177,6 +183,8 @@ def evaluate(
             ``baseline_max_images`` images of rank 0: both search settings per image, which is slow).
         grid_images: how many originals/reconstructions to keep for the picture.
         fid, lpips, target_psnr: see :class:`EvaluationMeter`.
+        text_encoder: embeds the samples' ``caption`` for a caption-conditioned tokenizer and for ``terms``.
+        terms: a run's semantic loss terms: adds their held-out figures (:mod:`vtok.eval.semantic`).
 
     Returns:
         ``(report, originals, reconstructions)``; the report holds per-set means (``psnr``, ``ssim``,
@@ -184,13 +192,26 @@ def evaluate(
     """
     meter = EvaluationMeter(tokenizer, fid, lpips, target_psnr, keep_images=baseline_max_images,
                             grid_images=grid_images)
+    semantic = SemanticMeter(tokenizer, terms or {})
+    if tokenizer.condition_dim is not None and text_encoder is None:
+        raise ValueError("this tokenizer is conditioned on captions: evaluating it needs the run's text encoder "
+                         "(evaluate after training, with evaluate=true)")
     for sample in tqdm(images, desc="evaluating", unit="batch", disable=None):
         batch = sample["image"]
-        meter.update(batch[None] if batch.ndim == 3 else batch)
+        batch = (batch[None] if batch.ndim == 3 else batch).to(meter.device)
+        captions = sample.get("caption")
+        captions = [captions] if isinstance(captions, str) else captions
+        text = text_encoder(list(captions)) if text_encoder is not None and captions is not None else None
+        condition = text if tokenizer.condition_dim is not None else None
+        meter.update(batch, condition)
+        if semantic.active:
+            semantic.update(batch, text, condition)
         if max_images is not None and meter.totals["images"] >= max_images:
             break
     meter.gather()
+    semantic.gather()
     report = meter.summary()
+    report.update(semantic.report())
     if baselines and report["bits_per_pixel"] > 0 and meter.kept and rank() == 0:
         report.update(meter.baselines(report))
     return report, meter.originals, meter.reconstructions

@@ -30,8 +30,10 @@ def describe_protocol(eval_cfg: Any, data_cfg: Any) -> dict[str, Any]:
 
 
 def evaluate_from_config(tokenizer: Tokenizer, loader: Any, eval_cfg: Any, data_cfg: Any, out_dir: Path,
-                         extra: dict[str, Any] | None = None, device: Any = "cpu") -> dict[str, Any]:
-    """Evaluate ``tokenizer`` on ``loader`` with the metrics ``eval_cfg`` (``configs/eval/default.yaml``) asks for.
+                         extra: dict[str, Any] | None = None, device: Any = "cpu", text_encoder: Any = None,
+                         terms: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate ``tokenizer`` on ``loader`` with the metrics ``eval_cfg`` (``configs/eval/default.yaml``) asks for;
+    with a run's ``text_encoder`` and semantic loss ``terms``, also their held-out figures.
 
     Raises:
         MissingWeightsError: rFID or LPIPS is asked for and its weights file is missing (naming the key).
@@ -53,6 +55,6 @@ def evaluate_from_config(tokenizer: Tokenizer, loader: Any, eval_cfg: Any, data_
     return evaluate_to_dir(
         tokenizer, loader, out_dir, max_images=eval_cfg.get("max_images"), baselines=eval_cfg.get("baselines", True),
         baseline_max_images=eval_cfg.get("baseline_max_images", 64), fid=fid, lpips=lpips,
-        target_psnr=eval_cfg.get("target_psnr"),
+        target_psnr=eval_cfg.get("target_psnr"), text_encoder=text_encoder, terms=terms,
         extra={"protocol": protocol, "skipped_metrics": skipped, **(extra or {})},
     )

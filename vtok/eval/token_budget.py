@@ -33,15 +33,16 @@ class TokenBudgetMeter:
         self.adaptive_psnr: list[float] = []
 
     @torch.no_grad()
-    def update(self, images: Tensor) -> None:
-        """``(B, 3, H, W)`` images in ``[-1, 1]`` at the tokenizer's resolution."""
-        full = self.tokenizer.encode(images)
+    def update(self, images: Tensor, condition: Tensor | None = None) -> None:
+        """``(B, 3, H, W)`` images in ``[-1, 1]`` at the tokenizer's resolution (and their caption embeddings for
+        a conditioned tokenizer)."""
+        full = self.tokenizer.encode(images, text=condition)
         for k in self.ladder:
             lengths = torch.full((len(images),), k, device=images.device)
             reconstruction = self.tokenizer.decode(replace(full, lengths=lengths)).clamp(-1, 1)
             self.psnr[k] += psnr(reconstruction, images).tolist()
         if self.target_psnr is not None:
-            tokens = self.tokenizer.encode(images, target_psnr=self.target_psnr)
+            tokens = self.tokenizer.encode(images, target_psnr=self.target_psnr, text=condition)
             self.adaptive_tokens += tokens.lengths.tolist()
             self.adaptive_psnr += psnr(self.tokenizer.decode(tokens).clamp(-1, 1), images).tolist()
 

@@ -1,11 +1,17 @@
-"""Training losses: reconstruction, perceptual, adversarial, and their combination."""
+"""Training losses: reconstruction, perceptual, adversarial, semantic terms, and their combination."""
 
+from .contrastive import ImageTextContrastive
 from .discriminator import PatchDiscriminator
+from .distillation import SemanticDistillation
 from .gan import adaptive_weight, discriminator_loss, generator_loss
+from .gram import GramLoss
+from .lecam import LeCam
 from .perceptual import LPIPS, MissingWeightsError
+from .term import LossTerm, TermInputs
 from .tokenizer_loss import TokenizerLoss
 
 __all__ = [
-    "LPIPS", "MissingWeightsError", "PatchDiscriminator", "TokenizerLoss", "adaptive_weight",
-    "discriminator_loss", "generator_loss",
+    "LPIPS", "GramLoss", "ImageTextContrastive", "LeCam", "LossTerm", "MissingWeightsError", "PatchDiscriminator",
+    "SemanticDistillation", "TermInputs", "TokenizerLoss", "adaptive_weight", "discriminator_loss",
+    "generator_loss",
 ]

@@ -1,4 +1,5 @@
-"""The tokenizer objective: reconstruction + perceptual + bottleneck losses + a delayed, ramped GAN term."""
+"""The tokenizer objective: reconstruction + perceptual + bottleneck losses + a delayed, ramped GAN term, plus any
+semantic terms (distillation to a teacher, image-text contrastive, Gram) on named tokenizer features."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from vtok.tokenizers import TokenizerOutput
+from vtok.teachers import TextEncoder
+from vtok.tokenizers import Tokenizer, TokenizerOutput
 
 from .discriminator import PatchDiscriminator
 from .gan import adaptive_weight, discriminator_loss, generator_loss
+from .lecam import LeCam
 from .perceptual import LPIPS
+from .term import LossTerm, TermInputs
 
 
 class TokenizerLoss(nn.Module):
@@ -31,6 +35,11 @@ class TokenizerLoss(nn.Module):
         adaptive: scale the adversarial term by the gradient-norm ratio at the decoder's last layer.
         max_adaptive_weight: clamp of that ratio.
         discriminator: keyword arguments of :class:`PatchDiscriminator`.
+        lecam_weight: weight of the LeCam regulariser of the discriminator (0: off).
+        lecam_decay: decay of LeCam's running logit means.
+        terms: ``{name: LossTerm}``: semantic terms added to the generator loss (logged as ``NAME/...``).
+        text_encoder: a :class:`~vtok.teachers.TextEncoder` (or its keyword arguments) that embeds the batch's
+            captions, for terms that need text and for caption-conditioned tokenizers.
     """
 
     def __init__(
@@ -47,6 +56,10 @@ class TokenizerLoss(nn.Module):
         adaptive: bool = True,
         max_adaptive_weight: float = 1e4,
         discriminator: dict[str, Any] | None = None,
+        lecam_weight: float = 0.0,
+        lecam_decay: float = 0.999,
+        terms: dict[str, LossTerm] | None = None,
+        text_encoder: TextEncoder | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.l1_weight, self.l2_weight = l1_weight, l2_weight
@@ -56,7 +69,54 @@ class TokenizerLoss(nn.Module):
         self.gan_loss, self.adaptive, self.max_adaptive_weight = gan_loss, adaptive, max_adaptive_weight
         self.perceptual = LPIPS(**(perceptual or {})) if perceptual_weight > 0 else None
         self.discriminator = PatchDiscriminator(**(discriminator or {})) if disc_weight > 0 else None
+        self.lecam_weight = lecam_weight
+        self.lecam = LeCam(lecam_decay) if lecam_weight > 0 and self.discriminator is not None else None
+        self.terms = nn.ModuleDict({name: term for name, term in (terms or {}).items() if term is not None})
+        if isinstance(text_encoder, dict):
+            text_encoder = TextEncoder(**text_encoder)
+        self.text_encoder = text_encoder
+        missing = [name for name, term in self.terms.items() if term.needs_text and text_encoder is None]
+        if missing:
+            raise ValueError(f"loss terms {missing} read captions: set loss.text_encoder (source or config)")
 
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Tokenizer features the terms read (ask the tokenizer's forward for these)."""
+        return tuple(dict.fromkeys(name for term in self.terms.values() for name in term.features))
+
+    @property
+    def needs_text(self) -> bool:
+        """Whether any term reads caption embeddings."""
+        return any(term.needs_text for term in self.terms.values())
+
+    def encode_text(self, captions: list[str] | None) -> Tensor | None:
+        """``B`` captions -> ``(B, D)`` embeddings from the text encoder; ``None`` without one or captions."""
+        if self.text_encoder is None or captions is None:
+            return None
+        return self.text_encoder(list(captions))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The terms' trainable parameters (projection heads, temperatures): trained with the tokenizer."""
+        return [p for p in self.terms.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def bind(self, tokenizer: Tokenizer) -> None:
+        """Size the terms' heads from ``tokenizer``'s feature sizes (one forward pass of a small dummy batch)."""
+        if not len(self.terms):
+            return
+        size = tokenizer.fixed_size or tokenizer.image_size
+        images = torch.zeros(2, 3, size, size, device=tokenizer.last_layer.device)
+        text_dim = self.text_encoder.dim if self.text_encoder is not None else None
+        text = images.new_zeros(2, tokenizer.condition_dim) if tokenizer.condition_dim else None
+        was_training = tokenizer.training
+        tokenizer.eval()
+        try:
+            features = tokenizer(images, features=self.feature_names, text=text).features
+        finally:
+            tokenizer.train(was_training)
+        dims = {name: value.shape[-1] for name, value in features.items()}
+        for term in self.terms.values():
+            term.bind(dims, text_dim)
     def gan_factor(self, step: int) -> float:
         """Fraction of ``disc_weight`` in force at ``step``: 0 before ``disc_start``, then a linear ramp to 1."""
         if self.discriminator is None or step < self.disc_start:
@@ -66,7 +126,8 @@ class TokenizerLoss(nn.Module):
         return min(1.0, (step - self.disc_start + 1) / self.disc_ramp_steps)
 
     def generator_loss(
-        self, images: Tensor, output: TokenizerOutput, step: int, last_layer: Tensor | None = None
+        self, images: Tensor, output: TokenizerOutput, step: int, last_layer: Tensor | None = None,
+        text: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss for the tokenizer's parameters and a dict of detached terms for logging.
 
@@ -75,6 +136,7 @@ class TokenizerLoss(nn.Module):
             output: the tokenizer's forward output for ``images``.
             step: global step (gates and ramps the GAN term).
             last_layer: decoder output weight, for the adaptive GAN weight.
+            text: ``(B, D)`` caption embeddings for the terms that read them.
         """
         recon = output.reconstruction.float()
         images = images.float()
@@ -94,6 +156,11 @@ class TokenizerLoss(nn.Module):
         for name, value in output.losses.items():
             logs[f"quantizer/{name}"] = value
             total = total + self.quantizer_weight * value
+        inputs = TermInputs(images, output, text)
+        for name, term in self.terms.items():
+            value, term_logs = term(inputs)
+            logs.update({f"{name}/{key}": v for key, v in term_logs.items()})
+            total = total + value
 
         factor = self.gan_factor(step)
         if factor > 0:
@@ -124,5 +191,9 @@ class TokenizerLoss(nn.Module):
         real = self.discriminator(images.float())
         fake = self.discriminator(reconstruction.detach().float())
         loss = discriminator_loss(real, fake, self.gan_loss)
-        return loss, {"gan/discriminator": loss.detach(), "gan/real": real.mean().detach(),
-                      "gan/fake": fake.mean().detach()}
+        logs = {"gan/discriminator": loss.detach(), "gan/real": real.mean().detach(), "gan/fake": fake.mean().detach()}
+        if self.lecam is not None:
+            regulariser = self.lecam(real, fake)
+            logs["gan/lecam"] = regulariser.detach()
+            loss = loss + self.lecam_weight * regulariser
+        return loss, logs

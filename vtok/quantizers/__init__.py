@@ -11,6 +11,7 @@ from .base import Quantizer, QuantizerOutput
 from .bernoulli import BernoulliQuantizer
 from .bsq import BSQ
 from .continuous import ContinuousBottleneck, GaussianBottleneck
+from .dual_codebook import DualCodebookQuantizer
 from .fsq import FSQ
 from .lfq import LFQ
 from .multi_codebook import MultiCodebookQuantizer
@@ -27,6 +28,7 @@ QUANTIZERS: dict[str, type[Quantizer]] = {
     "multi_codebook": MultiCodebookQuantizer,
     "gaussian": GaussianBottleneck,
     "continuous": ContinuousBottleneck,
+    "dual": DualCodebookQuantizer,
 }
 
 
@@ -40,7 +42,8 @@ def build_quantizer(config: dict[str, Any]) -> Quantizer:
 
 
 __all__ = [
-    "BSQ", "FSQ", "LFQ", "QUANTIZERS", "BernoulliQuantizer", "ContinuousBottleneck", "GaussianBottleneck",
+    "BSQ", "FSQ", "LFQ", "QUANTIZERS", "BernoulliQuantizer", "ContinuousBottleneck", "DualCodebookQuantizer",
+    "GaussianBottleneck",
     "MultiCodebookQuantizer", "Quantizer", "QuantizerOutput", "ResidualQuantizer", "VectorQuantizer",
     "build_quantizer",
 ]

@@ -44,11 +44,28 @@ class Quantizer(nn.Module):
             Equal to ``in_dim`` except for bottlenecks that change the size (a Gaussian's mean and log-variance
             in, the latent out).
         codebook_size: distinct ids per token, ``None`` for continuous bottlenecks.
+        codebook_parts: names of the slices of a code vector a caller may select (``"semantic"``, ``"pixel"`` for dual
+            codebooks; empty for one codebook). See :meth:`select`.
     """
 
     in_dim: int
     out_dim: int
     codebook_size: int | None = None
+    codebook_parts: tuple[str, ...] = ()
+
+    @property
+    def decoder_dim(self) -> int:
+        """Size of what the decoder reads of ``quantized`` (see :meth:`decoder_input`)."""
+        return self.out_dim
+
+    def decoder_input(self, quantized: Tensor) -> Tensor:
+        """``(..., out_dim)`` -> ``(..., decoder_dim)``: the part of the code vector the decoder reads."""
+        return quantized
+
+    def select(self, codes: Tensor, which: str) -> Tensor:
+        """``(..., out_dim)`` code vectors -> the slice named ``which`` (one of :attr:`codebook_parts`)."""
+        raise ValueError(f"{type(self).__name__} has one codebook; which={which!r} selects nothing "
+                         f"(dual-codebook quantizers have parts such as 'semantic' and 'pixel')")
 
     @property
     def bits_per_token(self) -> float:

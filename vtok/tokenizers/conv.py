@@ -32,6 +32,8 @@ class ConvEncoder(Encoder):
         attention: add self-attention blocks at the lowest resolution (costly for large grids).
         out_dim: feature size handed to the bottleneck.
         patch_size: space-to-depth factor applied before the first convolution.
+        downsample: the total factor ``f`` instead of ``patch_size``: the space-to-depth factor becomes
+            ``f / 2 ** (len(channel_mult) - 1)`` (a conv grid that must match another encoder's patch grid).
         lowpass_skip: add a linear path from the ``f x f`` patch means to the features. With the decoder's
             matching path the tokenizer starts out close to a patch-mean codec and the convolutions learn
             the detail as a residual, which converges far faster on small budgets.
@@ -47,8 +49,10 @@ class ConvEncoder(Encoder):
         out_dim: int = 256,
         patch_size: int = 1,
         lowpass_skip: bool = False,
+        downsample: int | None = None,
     ) -> None:
         super().__init__()
+        patch_size = space_to_depth(patch_size, downsample, channel_mult)
         self.out_dim = out_dim
         self.downsample_factor = patch_size * 2 ** (len(channel_mult) - 1)
         widths = [channels * m for m in channel_mult]
@@ -75,9 +79,10 @@ class ConvEncoder(Encoder):
         self.feature_names = tuple(taps.values())
         self.skip = nn.Conv2d(in_channels, out_dim, 1) if lowpass_skip else None
 
-    def forward_features(self, images: Tensor, names: Collection[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward_features(self, images: Tensor, names: Collection[str] = (), condition: Tensor | None = None
+                         ) -> tuple[Tensor, dict[str, Tensor]]:
         """``(B, C, H, W)`` -> ``(B, H/f, W/f, out_dim)`` and the named intermediate features (channels last)."""
-        self._check_names(names)
+        self._check_names(names, condition)
         kept: dict[str, Tensor] = {}
         features = images
         for index, layer in enumerate(self.layers):
@@ -97,7 +102,8 @@ class ConvEncoder(Encoder):
 class ConvDecoder(Decoder):
     """Features ``(B, h, w, in_dim)`` -> images ``(B, C, h*f, w*f)``; mirrors :class:`ConvEncoder`.
 
-    ``lowpass_skip`` adds a 1x1 projection of the features upsampled bicubically to the output.
+    ``lowpass_skip`` adds a 1x1 projection of the features upsampled bicubically to the output; ``downsample``
+    sets the total factor as in the encoder.
     """
 
     def __init__(
@@ -110,8 +116,10 @@ class ConvDecoder(Decoder):
         in_dim: int = 256,
         patch_size: int = 1,
         lowpass_skip: bool = False,
+        downsample: int | None = None,
     ) -> None:
         super().__init__()
+        patch_size = space_to_depth(patch_size, downsample, channel_mult)
         self.upsample_factor = patch_size * 2 ** (len(channel_mult) - 1)
         widths = [channels * m for m in channel_mult]
         width = widths[-1]
@@ -131,7 +139,7 @@ class ConvDecoder(Decoder):
         self.to_pixels = nn.PixelShuffle(patch_size)
         self.skip = nn.Conv2d(in_dim, out_channels, 1) if lowpass_skip else None
 
-    def forward(self, latents: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def forward(self, latents: Tensor, lengths: Tensor | None = None, condition: Tensor | None = None) -> Tensor:
         """``(B, h, w, in_dim)`` -> ``(B, C, h*f, w*f)`` (a grid has no lengths)."""
         features = latents.permute(0, 3, 1, 2)
         images = self.to_pixels(self.conv_out(F.silu(self.norm_out(self.layers(features)))))
@@ -144,3 +152,14 @@ class ConvDecoder(Decoder):
     @property
     def last_layer(self) -> Tensor:
         return self.conv_out.weight
+
+
+def space_to_depth(patch_size: int, downsample: int | None, channel_mult: Sequence[int]) -> int:
+    """The space-to-depth factor: ``patch_size``, or the one that makes the total factor ``downsample``."""
+    if downsample is None:
+        return patch_size
+    levels = 2 ** (len(channel_mult) - 1)
+    if downsample % levels:
+        raise ValueError(f"downsample={downsample} is not a multiple of the {levels}x the {len(channel_mult)} "
+                         "levels of channel_mult give")
+    return downsample // levels

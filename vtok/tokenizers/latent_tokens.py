@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vtok.modules.conditioning import ConditionTokens
 from vtok.modules.patches import PatchPositions, unpatchify
 from vtok.modules.transformer import Transformer, block_indices, init_token, patch_grid
 
 from .nested_dropout import NestedDropout
-from .parts import Decoder, Encoder
+from .parts import Decoder, Encoder, check_condition
 
 
 class LatentTokenEncoder(Encoder):
@@ -34,13 +35,19 @@ class LatentTokenEncoder(Encoder):
         out_dim: feature size handed to the bottleneck.
         position: positions of the patches, ``learned`` or ``rope`` (latent tokens always have learned ones).
         image_size: training resolution.
+        condition_dim: read a ``(B, condition_dim)`` caption embedding as ``condition_tokens`` extra tokens
+            (TexTok: tokenization conditioned on the caption); ``None`` reads images alone.
+        condition_tokens: how many tokens the caption embedding becomes.
     """
 
     def __init__(self, num_tokens: int = 128, in_channels: int = 3, patch_size: int = 16, width: int = 512,
                  depth: int = 8, heads: int = 8, mlp_ratio: float = 4.0, out_dim: int = 12,
-                 position: str = "learned", image_size: int = 256) -> None:
+                 position: str = "learned", image_size: int = 256, condition_dim: int | None = None,
+                 condition_tokens: int = 4) -> None:
         super().__init__()
         self.num_tokens, self.patch_size, self.out_dim = num_tokens, patch_size, out_dim
+        self.condition_dim = condition_dim
+        self.condition = ConditionTokens(condition_dim, condition_tokens, width) if condition_dim else None
         self.to_tokens = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
         self.latents = init_token((num_tokens, width))
         self.positions = PatchPositions(position, patch_grid(image_size, patch_size), width, width // heads)
@@ -48,17 +55,21 @@ class LatentTokenEncoder(Encoder):
         self.to_features = nn.Linear(width, out_dim)
         self.feature_names = tuple(f"block{i}" for i in range(depth))
 
-    def forward_features(self, images: Tensor, names: Collection[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(B, C, H, W)`` -> ``(B, K, out_dim)`` and the named blocks' patch tokens."""
-        self._check_names(names)
+    def forward_features(self, images: Tensor, names: Collection[str] = (), condition: Tensor | None = None
+                         ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(B, C, H, W)`` (and ``(B, condition_dim)``) -> ``(B, K, out_dim)`` and the named blocks' patches."""
+        self._check_names(names, condition)
         grid = patch_grid(tuple(images.shape[-2:]), self.patch_size)
         patches = self.to_tokens(images).flatten(2).transpose(1, 2)
-        patches, rope = self.positions(patches, grid, extra_after=self.num_tokens)
+        extra = [self.condition(condition.to(patches.dtype))] if self.condition is not None else []
+        count = sum(e.shape[1] for e in extra)
+        patches, rope = self.positions(patches, grid, extra_after=self.num_tokens + count)
         latents = self.latents.to(patches.dtype).expand(len(images), -1, -1)
-        tokens, kept = self.transformer.forward_blocks(torch.cat([patches, latents], dim=1), rope,
+        tokens, kept = self.transformer.forward_blocks(torch.cat([patches, latents, *extra], dim=1), rope,
                                                        keep=block_indices(names))
-        features = {f"block{i}": hidden[:, : -self.num_tokens].unflatten(1, grid) for i, hidden in kept.items()}
-        return self.to_features(tokens[:, -self.num_tokens:]), features
+        patch_count = grid[0] * grid[1]
+        features = {f"block{i}": hidden[:, :patch_count].unflatten(1, grid) for i, hidden in kept.items()}
+        return self.to_features(tokens[:, patch_count: patch_count + self.num_tokens]), features
 
     def grid_shape(self, image_size: tuple[int, int]) -> tuple[int]:
         """Token layout ``(K,)``: the same for every image size."""
@@ -76,6 +87,7 @@ class LatentTokenDecoder(Decoder):
         image_size: output resolution (fixed: 1D tokens carry no grid).
         nested_dropout: ``{"mode": "uniform" | "pow2", "p": ..., "min_tokens": ...}`` trains on random
             prefixes so every ``k`` decodes; ``None`` trains at ``K`` only.
+        condition_dim, condition_tokens: read a caption embedding as extra tokens, as the encoder does (TexTok).
     """
 
     takes_lengths = True
@@ -83,8 +95,11 @@ class LatentTokenDecoder(Decoder):
     def __init__(self, num_tokens: int = 128, out_channels: int = 3, patch_size: int = 16, width: int = 512,
                  depth: int = 8, heads: int = 8, mlp_ratio: float = 4.0, in_dim: int = 12,
                  position: str = "learned", image_size: int = 256,
-                 nested_dropout: dict[str, Any] | None = None) -> None:
+                 nested_dropout: dict[str, Any] | None = None, condition_dim: int | None = None,
+                 condition_tokens: int = 4) -> None:
         super().__init__()
+        self.condition_dim = condition_dim
+        self.condition = ConditionTokens(condition_dim, condition_tokens, width) if condition_dim else None
         self.num_tokens, self.patch_size = num_tokens, patch_size
         self.grid = patch_grid(image_size, patch_size)
         self.from_tokens = nn.Linear(in_dim, width)
@@ -102,8 +117,10 @@ class LatentTokenDecoder(Decoder):
         """Whether training made every prefix length decodable."""
         return self.nested_dropout is not None
 
-    def forward(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Decode ``(B, k, in_dim)`` tokens; ``lengths`` ``(B,)`` keeps only each sample's first ``lengths[b]``."""
+    def forward(self, tokens: Tensor, lengths: Tensor | None = None, condition: Tensor | None = None) -> Tensor:
+        """Decode ``(B, k, in_dim)`` tokens; ``lengths`` ``(B,)`` keeps only each sample's first ``lengths[b]``;
+        ``condition`` ``(B, condition_dim)`` is the caption embedding of a conditioned decoder."""
+        check_condition(self, condition)
         batch, k, _ = tokens.shape
         if k > self.num_tokens:
             raise ValueError(f"got {k} tokens, the decoder reads at most {self.num_tokens}")
@@ -117,10 +134,12 @@ class LatentTokenDecoder(Decoder):
             kept = torch.arange(self.num_tokens, device=x.device)[None] < lengths.to(x.device)[:, None]
             x = torch.where(kept[..., None], x, mask)
         x = x + self.token_positions.to(x.dtype)
+        extra = [self.condition(condition.to(x.dtype))] if self.condition is not None else []
+        before = self.num_tokens + sum(e.shape[1] for e in extra)
         queries = self.queries.to(x.dtype).expand(batch, self.grid[0] * self.grid[1], -1)
-        queries, rope = self.positions(queries, self.grid, extra_before=self.num_tokens)
-        out = self.transformer(torch.cat([x, queries], dim=1), rope)
-        return unpatchify(self.to_pixels(out[:, self.num_tokens:]), self.grid, self.patch_size)
+        queries, rope = self.positions(queries, self.grid, extra_before=before)
+        out = self.transformer(torch.cat([x, *extra, queries], dim=1), rope)
+        return unpatchify(self.to_pixels(out[:, before:]), self.grid, self.patch_size)
 
     @property
     def last_layer(self) -> Tensor:

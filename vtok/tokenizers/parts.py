@@ -23,31 +23,46 @@ class Encoder(nn.Module):
         out_dim: size ``D`` of the features handed to the bottleneck.
         feature_names: names of the intermediate features :meth:`forward_features` can return, shallow to deep;
             what semantic losses and dual codebooks read (e.g. ``"level0"``, ``"block3"``).
+        condition_dim: size of the ``(B, condition_dim)`` conditioning vector (a caption's embedding, TexTok)
+            that ``forward_features`` reads, or ``None`` for encoders that read images alone.
     """
 
     out_dim: int
     feature_names: tuple[str, ...] = ()
+    condition_dim: int | None = None
 
     def grid_shape(self, image_size: tuple[int, int]) -> tuple[int, ...]:
         """The token layout, ``(h, w)`` or ``(n,)``, for an image of ``(H, W)`` pixels."""
         raise NotImplementedError
 
-    def forward_features(self, images: Tensor, names: Collection[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward_features(self, images: Tensor, names: Collection[str] = (), condition: Tensor | None = None
+                         ) -> tuple[Tensor, dict[str, Tensor]]:
         """``(B, C, H, W)`` -> (features ``(B, *layout, out_dim)``, ``{name: (B, *grid, width)}`` for ``names``).
 
         Raises:
             KeyError: a name that is not in ``feature_names``.
+            ValueError: a ``condition`` given to an encoder without ``condition_dim`` (or missing for one with it).
         """
         raise NotImplementedError
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, condition: Tensor | None = None) -> Tensor:
         """``(B, C, H, W)`` -> ``(B, *layout, out_dim)``."""
-        return self.forward_features(images)[0]
+        return self.forward_features(images, (), condition)[0]
 
-    def _check_names(self, names: Collection[str]) -> None:
+    def _check_names(self, names: Collection[str], condition: Tensor | None = None) -> None:
         unknown = sorted(set(names) - set(self.feature_names))
         if unknown:
             raise KeyError(f"{type(self).__name__} has no features {unknown}; it exposes {list(self.feature_names)}")
+        check_condition(self, condition)
+
+
+def check_condition(part: Encoder | Decoder, condition: Tensor | None) -> None:
+    """Raise unless ``condition`` is given exactly when ``part`` reads one."""
+    if condition is not None and part.condition_dim is None:
+        raise ValueError(f"{type(part).__name__} reads no conditioning (this tokenizer takes no text)")
+    if condition is None and part.condition_dim is not None:
+        raise ValueError(f"{type(part).__name__} is conditioned on a ({part.condition_dim},)-vector per image (a "
+                         "caption's embedding): pass text=...")
 
 
 class Decoder(nn.Module):
@@ -58,10 +73,12 @@ class Decoder(nn.Module):
             tokens (1D sequences). Grid decoders do not.
         fixed_size: the one image side a decoder writes whatever its input (1D tokens carry no grid), or
             ``None`` when the output size follows the layout.
+        condition_dim: size of the conditioning vector ``forward`` reads (as the encoder's), or ``None``.
     """
 
     takes_lengths: bool = False
     fixed_size: int | None = None
+    condition_dim: int | None = None
 
     @property
     def flexible(self) -> bool:
@@ -73,6 +90,7 @@ class Decoder(nn.Module):
         """Weight of the output layer, where the adaptive GAN weight compares gradients."""
         raise NotImplementedError
 
-    def forward(self, latents: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """``(B, *layout, in_dim)`` (and ``(B,)`` lengths where ``takes_lengths``) -> ``(B, C, H, W)``."""
+    def forward(self, latents: Tensor, lengths: Tensor | None = None, condition: Tensor | None = None) -> Tensor:
+        """``(B, *layout, in_dim)`` (and ``(B,)`` lengths where ``takes_lengths``, ``(B, condition_dim)`` where
+        conditioned) -> ``(B, C, H, W)``."""
         raise NotImplementedError

@@ -21,17 +21,21 @@ from vtok.images import psnr
 from vtok.quantizers import QuantizerOutput, build_quantizer
 
 from .conv import ConvDecoder, ConvEncoder
+from .dual import DualEncoder
 from .expander import EXPANDERS
 from .latent_tokens import LatentTokenDecoder, LatentTokenEncoder
 from .parts import Decoder, Encoder
 from .tokens import TokenizerOutput, Tokens
 from .vit import ViTDecoder, ViTEncoder
 
-ENCODERS: dict[str, type[Encoder]] = {"conv": ConvEncoder, "vit": ViTEncoder, "latent_tokens": LatentTokenEncoder}
+ENCODERS: dict[str, type[Encoder]] = {"conv": ConvEncoder, "vit": ViTEncoder, "latent_tokens": LatentTokenEncoder,
+                                      "dual": DualEncoder}
 DECODERS: dict[str, type[Decoder]] = {"conv": ConvDecoder, "vit": ViTDecoder, "latent_tokens": LatentTokenDecoder}
 
 
-def _build(registry: dict[str, type[nn.Module]], role: str, config: dict[str, Any], **defaults: Any) -> nn.Module:
+def build_part(registry: dict[str, type[nn.Module]], role: str, config: dict[str, Any], **defaults: Any
+               ) -> nn.Module:
+    """``{"kind": ..., **kwargs}`` -> the part of that kind from ``registry`` (an allowlist)."""
     config = dict(config)
     kind = config.pop("kind", None)
     if kind not in registry:
@@ -70,12 +74,12 @@ class Tokenizer(nn.Module):
     ) -> None:
         super().__init__()
         encoder, quantizer, decoder, expander = _plain(encoder), _plain(quantizer), _plain(decoder), _plain(expander)
-        self.encoder: Encoder = _build(ENCODERS, "encoder", encoder)
+        self.encoder: Encoder = build_part(ENCODERS, "encoder", encoder)
         quantizer.setdefault("dim", self.encoder.out_dim)
         self.quantizer = build_quantizer(quantizer)
-        latent_dim = self.quantizer.out_dim
-        self.expander = _build(EXPANDERS, "expander", expander, in_dim=latent_dim) if expander else None
-        self.decoder: Decoder = _build(DECODERS, "decoder", decoder,
+        latent_dim = self.quantizer.decoder_dim
+        self.expander = build_part(EXPANDERS, "expander", expander, in_dim=latent_dim) if expander else None
+        self.decoder: Decoder = build_part(DECODERS, "decoder", decoder,
                               in_dim=self.expander.out_dim if self.expander else latent_dim)
         self.image_size = image_size
         self._config = {
@@ -134,52 +138,69 @@ class Tokenizer(nn.Module):
         return self.decoder.fixed_size
 
     @property
+    def condition_dim(self) -> int | None:
+        """Size of the per-image conditioning vector (a caption's embedding, TexTok) that ``encode`` and ``decode``
+        read as ``text=``; ``None`` when the tokenizer reads images alone."""
+        return self.encoder.condition_dim
+
+    @property
     def feature_names(self) -> tuple[str, ...]:
         """Names ``forward(images, features=...)`` accepts: ``encoder`` (what enters the bottleneck),
-        ``quantized`` (what leaves it), ``expanded`` (with an expander) and ``encoder.NAME`` for each of the
-        encoder's intermediate features."""
-        names = ("encoder", "quantized", *(f"encoder.{n}" for n in self.encoder.feature_names))
+        ``quantized`` (what leaves it), ``quantized.PART`` for each part of a dual codebook (``semantic``,
+        ``pixel``), ``expanded`` (with an expander) and ``encoder.NAME`` for each of the encoder's own features."""
+        names = ("encoder", "quantized", *(f"quantized.{p}" for p in self.quantizer.codebook_parts),
+                 *(f"encoder.{n}" for n in self.encoder.feature_names))
         return (*names, "expanded") if self.expander is not None else names
 
-    def _tokenize(self, images: Tensor, encoder_features: Collection[str] = ()
+    def _tokenize(self, images: Tensor, encoder_features: Collection[str] = (), text: Tensor | None = None
                   ) -> tuple[Tokens, QuantizerOutput, Tensor, dict[str, Tensor]]:
-        features, intermediate = self.encoder.forward_features(images, encoder_features)
+        features, intermediate = self.encoder.forward_features(images, encoder_features, text)
         q = self.quantizer(features)
-        return Tokens(indices=q.indices, latents=q.quantized, layout=tuple(features.shape[1:-1])), q, features, \
-            intermediate
+        tokens = Tokens(indices=q.indices, latents=q.quantized, layout=tuple(features.shape[1:-1]), condition=text)
+        return tokens, q, features, intermediate
 
-    def _decode_latents(self, latents: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        expanded = self.expander(latents) if self.expander is not None else None
-        inputs = expanded if expanded is not None else latents
-        if lengths is None:
-            return self.decoder(inputs), expanded
-        if not self.decoder.takes_lengths:
+    def _decode_latents(self, latents: Tensor, lengths: Tensor | None = None, text: Tensor | None = None
+                        ) -> tuple[Tensor, Tensor | None]:
+        inputs = self.quantizer.decoder_input(latents)
+        expanded = self.expander(inputs) if self.expander is not None else None
+        inputs = expanded if expanded is not None else inputs
+        if lengths is not None and not self.decoder.takes_lengths:
             raise ValueError(f"{type(self.decoder).__name__} decodes whole grids; per-image lengths need a "
                              "1D latent-token decoder")
-        return self.decoder(inputs, lengths=lengths), expanded
+        extra: dict[str, Tensor] = {"lengths": lengths} if lengths is not None else {}
+        if self.decoder.condition_dim is not None:
+            if text is None:
+                raise ValueError("this tokenizer decodes conditioned on a caption embedding: pass text=...")
+            extra["condition"] = text
+        return self.decoder(inputs, **extra), expanded
 
-    def forward(self, images: Tensor, features: Collection[str] = ()) -> TokenizerOutput:
+    def forward(self, images: Tensor, features: Collection[str] = (), text: Tensor | None = None
+                ) -> TokenizerOutput:
         """``(B, C, H, W)`` images -> reconstruction, tokens, bottleneck losses and stats.
 
         Args:
             features: names from :attr:`feature_names` to return in ``TokenizerOutput.features`` (channels
                 last, ``(B, *grid, D)``), for losses that supervise them. ``expanded`` is always returned when
                 there is an expander.
+            text: ``(B, condition_dim)`` caption embeddings for a conditioned tokenizer (see ``condition_dim``).
         """
         unknown = sorted(set(features) - set(self.feature_names))
         if unknown:
             raise KeyError(f"unknown tokenizer features {unknown}; this tokenizer has {list(self.feature_names)}")
         wanted = {name.removeprefix("encoder.") for name in features if name.startswith("encoder.")}
-        tokens, q, encoded, intermediate = self._tokenize(images, wanted)
-        reconstruction, expanded = self._decode_latents(tokens.latents)
+        tokens, q, encoded, intermediate = self._tokenize(images, wanted, text)
+        reconstruction, expanded = self._decode_latents(tokens.latents, text=text)
         named = {f"encoder.{name}": value for name, value in intermediate.items()}
         named.update({"encoder": encoded, "quantized": tokens.latents})
+        named.update({f"quantized.{p}": self.quantizer.select(tokens.latents, p)
+                      for p in self.quantizer.codebook_parts})
         if expanded is not None:
             named["expanded"] = expanded
         kept = {name: named[name] for name in (*features, *(("expanded",) if expanded is not None else ()))}
         return TokenizerOutput(reconstruction, tokens, q.losses, q.stats, kept)
 
-    def encode(self, images: Tensor, num_tokens: int | None = None, target_psnr: float | None = None) -> Tokens:
+    def encode(self, images: Tensor, num_tokens: int | None = None, target_psnr: float | None = None,
+               text: Tensor | None = None) -> Tokens:
         """``(B, C, H, W)`` images in ``[-1, 1]`` -> tokens (indices ``(B, *layout)``, latents ``(B, *layout, D)``).
 
         Args:
@@ -189,8 +210,10 @@ class Tokenizer(nn.Module):
                 ``[-1, 1]`` floats), found by bisection over ``k`` (which assumes quality rises with ``k``, as
                 nested-dropout training makes it). Images that never reach it keep all tokens. The result keeps
                 the full layout and sets ``lengths`` ``(B,)``.
+            text: ``(B, condition_dim)`` caption embeddings for a conditioned tokenizer (TexTok); kept in
+                ``Tokens.condition`` so that ``decode`` reads them too.
         """
-        tokens = self._tokenize(images)[0]
+        tokens = self._tokenize(images, text=text)[0]
         if num_tokens is None and target_psnr is None:
             return tokens
         if len(tokens.layout) != 1:
@@ -199,17 +222,18 @@ class Tokenizer(nn.Module):
             if not 1 <= num_tokens <= tokens.layout[0]:
                 raise ValueError(f"num_tokens={num_tokens} must lie in 1..{tokens.layout[0]}")
             indices = tokens.indices[:, :num_tokens] if tokens.indices is not None else None
-            tokens = Tokens(indices, tokens.latents[:, :num_tokens], (num_tokens,))
+            tokens = Tokens(indices, tokens.latents[:, :num_tokens], (num_tokens,), condition=text)
         if target_psnr is not None:
-            tokens.lengths = self._smallest_lengths(images, tokens.latents, target_psnr)
+            tokens.lengths = self._smallest_lengths(images, tokens.latents, target_psnr, text)
         return tokens
 
-    def _smallest_lengths(self, images: Tensor, latents: Tensor, target_psnr: float) -> Tensor:
+    def _smallest_lengths(self, images: Tensor, latents: Tensor, target_psnr: float, text: Tensor | None
+                          ) -> Tensor:
         low = torch.ones(len(images), dtype=torch.long, device=images.device)
         high = torch.full_like(low, latents.shape[1])
         while bool((low < high).any()):
             middle = (low + high) // 2
-            reconstruction = self._decode_latents(latents, lengths=middle)[0].clamp(-1, 1)
+            reconstruction = self._decode_latents(latents, lengths=middle, text=text)[0].clamp(-1, 1)
             reached = psnr(reconstruction, images, eight_bit=False) >= target_psnr
             open_ = low < high
             high = torch.where(open_ & reached, middle, high)
@@ -218,15 +242,21 @@ class Tokenizer(nn.Module):
 
     def decode(self, tokens: Tokens) -> Tensor:
         """Tokens -> ``(B, C, H, W)`` images in about ``[-1, 1]``."""
-        return self._decode_latents(tokens.latents, tokens.lengths)[0]
+        return self._decode_latents(tokens.latents, tokens.lengths, tokens.condition)[0]
 
-    def embed(self, indices: Tensor) -> Tensor:
-        """``(B, *layout)`` ids -> ``(B, *layout, D)`` codebook vectors (what the decoder reads)."""
-        return self.quantizer.indices_to_codes(indices)
+    def embed(self, indices: Tensor, which: str | None = None) -> Tensor:
+        """``(B, *layout)`` ids -> ``(B, *layout, D)`` code vectors, exactly ``encode``'s ``latents``.
 
-    def decode_indices(self, indices: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """``(B, *layout)`` ids (and optional ``(B,)`` lengths) -> ``(B, C, H, W)`` images."""
-        return self._decode_latents(self.embed(indices), lengths)[0]
+        Args:
+            which: for dual codebooks, ``"semantic"``, ``"pixel"`` or ``"both"`` (the default: the whole code
+                vector, semantic channels first); see the quantizer's ``codebook_parts``.
+        """
+        codes = self.quantizer.indices_to_codes(indices)
+        return codes if which is None else self.quantizer.select(codes, which)
+
+    def decode_indices(self, indices: Tensor, lengths: Tensor | None = None, text: Tensor | None = None) -> Tensor:
+        """``(B, *layout)`` ids (and optional ``(B,)`` lengths, ``(B, condition_dim)`` text) -> images."""
+        return self._decode_latents(self.embed(indices), lengths, text)[0]
 
     @property
     def last_layer(self) -> Tensor:

@@ -17,12 +17,15 @@ class Tokens:
         layout: token layout per image: ``(h, w)`` for a 2D grid, ``(n,)`` for a 1D sequence.
         lengths: ``(B,)`` tokens each image keeps (1D tokenizers with a per-image budget); positions at or
             after ``lengths[b]`` are ignored by the decoder. ``None``: every image uses the whole layout.
+        condition: ``(B, condition_dim)`` caption embeddings the tokens were encoded with (conditioned
+            tokenizers, TexTok), which decoding reads too; ``None`` otherwise.
     """
 
     indices: Tensor | None
     latents: Tensor
     layout: tuple[int, ...]
     lengths: Tensor | None = None
+    condition: Tensor | None = None
 
 
 @dataclass

