@@ -12,6 +12,8 @@ from .conftest import ROOT, TOY
 
 # Commands the README shows, run verbatim (in a scratch folder beside a link to train.py and configs/).
 README_TOY = "python train.py experiment=titok_s128 scale=toy data=synthetic"
+README_SEMANTIC_TOY = ["python train.py experiment=tokenflow scale=toy data=synthetic",
+                       "python train.py experiment=unitok scale=toy data=synthetic"]
 
 
 def _run(args, tmp_path, env=None, timeout=600):
@@ -40,6 +42,14 @@ def test_readme_toy_command_runs_offline(tmp_path):
     # titok_s128 trains with LPIPS: at toy size its backbone is random, and the log says so
     assert "LPIPS with a RANDOM backbone" in result.stdout + result.stderr
     assert (tmp_path / "outputs" / "titok_s128" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("command", README_SEMANTIC_TOY)
+def test_readme_semantic_toy_commands_run_offline(command, tmp_path):
+    result = run_readme_command(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "trained 3 steps" in result.stdout
+    assert "RANDOM weights built from a" in result.stdout + result.stderr  # the toy teacher / text encoder
 
 
 @pytest.mark.slow

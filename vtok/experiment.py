@@ -41,7 +41,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         datamodule.setup("validate")
         result["report"] = evaluate_from_config(
             module.eval_tokenizer.to(module.device).eval(), datamodule.val_dataloader(), cfg.eval, cfg.data,
-            Path(cfg.paths.run_dir), device=module.device, text_encoder=module.loss.text_encoder,
+            Path(cfg.eval.get("out_dir") or cfg.paths.run_dir), device=module.device,
+            text_encoder=module.loss.text_encoder,
             terms=dict(module.loss.terms.items()),
             extra={"train_steps": result["train_steps"], "train_seconds": result["train_seconds"],
                    # over the trainer's usage window (recent training batches), for comparison with held-out

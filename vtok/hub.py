@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import vtok
 from vtok.checkpoint import load_tokenizer
 from vtok.tokenizers import Tokenizer
@@ -113,13 +115,27 @@ def main(argv: list[str] | None = None) -> int:
         print(EXPORT_USAGE, file=sys.stderr)
         return 2
     tokenizer, source = load_tokenizer(args["ckpt"], weights=args.get("weights", "ema"))
+    bridge = _bridge_of(Path(args["ckpt"]))
     report_path = Path(args["report"]) if "report" in args else _report_beside(Path(args["ckpt"]))
     report = json.loads(report_path.read_text()) if report_path and report_path.is_file() else None
     out = export(tokenizer, args["out"], report, name=args.get("name") or args.get("push"), source=source)
     print(f"exported {source} to {out}" + (f" with the report {report_path}" if report else " (no report found)"))
+    if bridge is not None:
+        from vtok.llm.export import save_bridge
+
+        print(f"exported the LLM bridge (projector, markers, trained LLM weights) to {save_bridge(out, *bridge)}")
     if "push" in args:
         print(f"pushed: {push(out, args['push'])}")
     return 0
+
+
+def _bridge_of(ckpt: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """The LLM bridge an ETT training checkpoint holds (``None`` for other checkpoints and exported folders)."""
+    if ckpt.suffix != ".ckpt":
+        return None
+    from vtok.llm.export import bridge_from_checkpoint
+
+    return bridge_from_checkpoint(torch.load(ckpt, map_location="cpu", weights_only=True))
 
 
 def _report_beside(ckpt: Path) -> Path | None:

@@ -184,17 +184,30 @@ class ShardDataset(IterableDataset):
             sample = {"image": self.transform(image, rng), "key": raw.get("__key__", "")}
             if self.captions:
                 sample["caption"] = _caption(raw, rng if self.resampled else None)
+                prompt = _prompt(raw)
+                if prompt is not None:
+                    sample["prompt"] = prompt
             yield sample
             produced += 1
             if limit is not None and produced >= limit:
                 return
 
 
+def _prompt(raw: dict[str, Any]) -> str | None:
+    """An instruction sample's ``prompt`` (``json`` with ``prompt`` and ``answer``), else ``None``."""
+    if "json" not in raw:
+        return None
+    prompt = json.loads(raw["json"]).get("prompt")
+    return str(prompt) if prompt is not None else None
+
+
 def _caption(raw: dict[str, Any], rng: np.random.Generator | None) -> str:
-    """The sample's caption: with several (``json`` ``captions``), a random one per training visit (``rng``) and
-    the first in evaluation; else ``txt``; else ``""``."""
+    """The sample's caption: an instruction sample's ``answer``; with several (``json`` ``captions``), a random
+    one per training visit (``rng``) and the first in evaluation; else ``txt``; else ``""``."""
     if "json" in raw:
         meta = json.loads(raw["json"])
+        if "answer" in meta:
+            return str(meta["answer"]).strip()
         caption = meta.get("captions", meta.get("caption", ""))
         if isinstance(caption, list) and caption:
             return str(caption[int(rng.integers(len(caption)))] if rng is not None else caption[0]).strip()

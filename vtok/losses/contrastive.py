@@ -25,15 +25,18 @@ class ImageTextContrastive(LossTerm):
         weight: weight in the total loss.
         temperature: initial temperature; learned (as ``log(1 / temperature)``, clamped at 100).
         gather: gather negatives across ranks.
+        detach_features: train only the projection heads on the tokenizer's features, which then get no
+            gradient from the text (a linear probe: the baseline a contrastive run is compared with).
     """
 
     needs_text = True
 
     def __init__(self, feature: str = "quantized", embed_dim: int = 256, weight: float = 1.0,
-                 temperature: float = 0.07, gather: bool = True) -> None:
+                 temperature: float = 0.07, gather: bool = True, detach_features: bool = False) -> None:
         super().__init__()
         self.feature, self.features = feature, (feature,)
         self.embed_dim, self.weight, self.gather = embed_dim, weight, gather
+        self.detach_features = detach_features
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
         self.image_head: nn.Module | None = None
         self.text_head: nn.Module | None = None
@@ -56,7 +59,8 @@ class ImageTextContrastive(LossTerm):
     def forward(self, inputs: TermInputs) -> tuple[Tensor, dict[str, Tensor]]:
         if inputs.text is None:
             raise ValueError("the image-text contrastive loss got a batch without captions")
-        image, text = self.embed(inputs.output.features[self.feature], inputs.text)
+        features = inputs.output.features[self.feature]
+        image, text = self.embed(features.detach() if self.detach_features else features, inputs.text)
         offset = 0
         if self.gather and is_distributed():
             from torch.distributed.nn.functional import all_gather

@@ -8,10 +8,11 @@ projection heads are sized then, so the optimiser sees every parameter from the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
-from vtok.tokenizers import TokenizerOutput
+from vtok.tokenizers import Tokenizer, TokenizerOutput
 
 
 @dataclass
@@ -22,11 +23,17 @@ class TermInputs:
         images: ``(B, 3, H, W)`` originals in ``[-1, 1]``.
         output: the tokenizer's output, with the features the terms asked for.
         text: ``(B, D)`` caption embeddings from the run's text encoder, or ``None`` without captions.
+        captions: the ``B`` captions themselves (terms that read text, such as an LLM's caption loss).
+        prompts: per-sample instructions (``prompt`` in the data), or ``None``.
+        tokenizer: the tokenizer being trained (terms that look up its codebook).
     """
 
     images: Tensor
     output: TokenizerOutput
     text: Tensor | None = None
+    captions: list[str] | None = None
+    prompts: list[str] | None = None
+    tokenizer: Tokenizer | None = None
 
 
 class LossTerm(nn.Module):
@@ -36,11 +43,23 @@ class LossTerm(nn.Module):
         weight: multiplies the term in the total loss.
         features: tokenizer feature names (``Tokenizer.feature_names``) the term reads from ``output.features``.
         needs_text: the term reads caption embeddings (the run needs captions and ``loss.text_encoder``).
+        needs_captions: the term reads the captions themselves.
     """
 
     weight: float = 1.0
     features: tuple[str, ...] = ()
     needs_text: bool = False
+    needs_captions: bool = False
+
+    def checkpoint_record(self) -> dict[str, Any] | None:
+        """Plain data a checkpoint keeps beside the term's weights so that tools can rebuild it without the run's
+        config (an LLM bridge's settings); ``None`` for terms that only matter in training."""
+        return None
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser groups of the term's trainable parameters (default: one group at the module's ``lr``)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "weight_decay": 0.0}] if params else []
 
     def bind(self, feature_dims: dict[str, int], text_dim: int | None) -> None:
         """Size what depends on the tokenizer: ``feature_dims`` maps each of :attr:`features` to its channels."""

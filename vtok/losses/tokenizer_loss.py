@@ -95,9 +95,18 @@ class TokenizerLoss(nn.Module):
             return None
         return self.text_encoder(list(captions))
 
+    @property
+    def needs_captions(self) -> bool:
+        """Whether any term reads the captions themselves."""
+        return any(term.needs_captions for term in self.terms.values())
+
     def head_parameters(self) -> list[nn.Parameter]:
-        """The terms' trainable parameters (projection heads, temperatures): trained with the tokenizer."""
+        """The terms' trainable parameters (projection heads, temperatures, an LLM's trained weights)."""
         return [p for p in self.terms.parameters() if p.requires_grad]
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser groups of the terms (each term says its own learning rates)."""
+        return [group for term in self.terms.values() for group in term.param_groups(lr)]
 
     @torch.no_grad()
     def bind(self, tokenizer: Tokenizer) -> None:
@@ -128,6 +137,9 @@ class TokenizerLoss(nn.Module):
     def generator_loss(
         self, images: Tensor, output: TokenizerOutput, step: int, last_layer: Tensor | None = None,
         text: Tensor | None = None,
+        captions: list[str] | None = None,
+        prompts: list[str] | None = None,
+        tokenizer: Tokenizer | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss for the tokenizer's parameters and a dict of detached terms for logging.
 
@@ -137,6 +149,8 @@ class TokenizerLoss(nn.Module):
             step: global step (gates and ramps the GAN term).
             last_layer: decoder output weight, for the adaptive GAN weight.
             text: ``(B, D)`` caption embeddings for the terms that read them.
+            captions, prompts: the batch's captions and per-sample prompts, for terms that read text.
+            tokenizer: the tokenizer being trained, for terms that look up its codebook.
         """
         recon = output.reconstruction.float()
         images = images.float()
@@ -156,7 +170,7 @@ class TokenizerLoss(nn.Module):
         for name, value in output.losses.items():
             logs[f"quantizer/{name}"] = value
             total = total + self.quantizer_weight * value
-        inputs = TermInputs(images, output, text)
+        inputs = TermInputs(images, output, text, captions, prompts, tokenizer)
         for name, term in self.terms.items():
             value, term_logs = term(inputs)
             logs.update({f"{name}/{key}": v for key, v in term_logs.items()})

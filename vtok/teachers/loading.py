@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from vtok.weights import MissingWeightsError
@@ -33,7 +34,7 @@ class Frozen(nn.Module):
 
 
 def load_transformers_model(source: str | None, config: dict[str, Any] | None, config_key: str, what: str,
-                            auto_class: str = "AutoModel") -> nn.Module:
+                            auto_class: str = "AutoModel", **load_kwargs: Any) -> nn.Module:
     """A ``transformers`` model from ``source`` (local folder or hub id) or, without one, built from ``config``.
 
     Args:
@@ -42,6 +43,7 @@ def load_transformers_model(source: str | None, config: dict[str, Any] | None, c
         config_key: the config key of ``source``, named by the error.
         what: what the model is for, for messages.
         auto_class: the ``transformers`` auto class (``AutoModel``, ``AutoModelForCausalLM``).
+        load_kwargs: passed to ``from_pretrained`` (e.g. ``gguf_file``).
 
     Raises:
         MissingWeightsError: ``source`` cannot be loaded (missing folder, offline hub id), naming ``config_key``.
@@ -52,7 +54,7 @@ def load_transformers_model(source: str | None, config: dict[str, Any] | None, c
     auto = getattr(transformers, auto_class)
     if source:
         try:
-            return auto.from_pretrained(str(source))
+            return auto.from_pretrained(str(source), **load_kwargs)
         except (OSError, ValueError) as error:
             local = Path(str(source)).expanduser()
             where = (f"the folder {local} has no loadable model" if local.exists() else
@@ -68,5 +70,9 @@ def load_transformers_model(source: str | None, config: dict[str, Any] | None, c
             raise ValueError(f"{what}: a config needs a model_type (e.g. clip_vision_model, bert)")
         log.warning("%s: RANDOM weights built from a %s config (toy runs and tests only; its numbers mean "
                     "nothing)", what, model_type)
-        return auto.from_config(transformers.AutoConfig.for_model(model_type, **config))
+        # the same config gives the same weights (a frozen one rebuilt later is the one trained against),
+        # without touching the run's random state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return auto.from_config(transformers.AutoConfig.for_model(model_type, **config))
     raise ValueError(f"{what}: set {config_key} (a folder or hub id), or a config to build a random one")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .bytes import BOS, EOS, PAD, VOCAB, ByteTokenizer
 from .loading import Frozen, load_transformers_model
-
-BYTE_VOCAB = 260  # 256 byte values, then padding, start, end, unknown
 
 
 class TextEncoder(Frozen):
@@ -22,11 +22,13 @@ class TextEncoder(Frozen):
             tokenizer is then ``bytes`` (UTF-8 bytes as ids), so it needs no vocabulary file either.
         max_length: tokens kept per caption.
         normalize: l2-normalise the embeddings.
+        cache_size: captions whose embeddings are kept (the encoder is frozen, so a caption always embeds the
+            same): a data set's captions come back every epoch. 0 turns the cache off.
         config_key: the key named when ``source`` cannot be loaded.
     """
 
     def __init__(self, source: str | None = None, config: dict[str, Any] | None = None, max_length: int = 64,
-                 normalize: bool = True, config_key: str = "text_encoder.source") -> None:
+                 normalize: bool = True, cache_size: int = 4096, config_key: str = "text_encoder.source") -> None:
         model = load_transformers_model(source, config, config_key, "text encoder")
         super().__init__(model)
         if source:
@@ -34,23 +36,25 @@ class TextEncoder(Frozen):
 
             self.__dict__["tokenizer"] = AutoTokenizer.from_pretrained(str(source))
         else:
-            self.__dict__["tokenizer"] = None
-            if model.config.vocab_size < BYTE_VOCAB:
+            self.__dict__["tokenizer"] = ByteTokenizer()
+            if model.config.vocab_size < VOCAB:
                 raise ValueError(f"a text encoder built from a config reads UTF-8 bytes: vocab_size must be at "
-                                 f"least {BYTE_VOCAB}, got {model.config.vocab_size}")
+                                 f"least {VOCAB}, got {model.config.vocab_size}")
         self.max_length, self.normalize = max_length, normalize
+        self.cache_size = cache_size
+        self.__dict__["cache"] = OrderedDict()  # caption -> (dim,) embedding on the CPU
         self.dim = int(model.config.hidden_size)
         self.register_buffer("_device_marker", torch.zeros(()), persistent=False)
 
     def tokenize(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         """``(B, T)`` ids and attention mask."""
-        if self.tokenizer is not None:
+        if not isinstance(self.tokenizer, ByteTokenizer):
             batch = self.tokenizer(list(captions), padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt")
             return batch["input_ids"], batch["attention_mask"]
-        rows = [[257, *list(c.encode("utf-8"))[: self.max_length - 2], 258] for c in captions]
+        rows = [[BOS, *self.tokenizer.encode(c)[: self.max_length - 2], EOS] for c in captions]
         length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), 256, dtype=torch.long)
+        ids = torch.full((len(rows), length), PAD, dtype=torch.long)
         mask = torch.zeros(len(rows), length, dtype=torch.long)
         for i, row in enumerate(rows):
             ids[i, : len(row)] = torch.tensor(row)
@@ -60,6 +64,19 @@ class TextEncoder(Frozen):
     @torch.no_grad()
     def forward(self, captions: list[str]) -> Tensor:
         """``B`` captions -> ``(B, dim)`` embeddings (mean over each caption's tokens)."""
+        if len(set(captions)) > self.cache_size:  # no cache, or a batch larger than it
+            return self._embed(list(captions))
+        new = list(dict.fromkeys(c for c in captions if c not in self.cache))
+        if new:
+            for caption, embedding in zip(new, self._embed(new).cpu()):
+                self.cache[caption] = embedding
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        for caption in captions:
+            self.cache.move_to_end(caption)
+        return torch.stack([self.cache[c] for c in captions]).to(self._device_marker.device)
+
+    def _embed(self, captions: list[str]) -> Tensor:
         ids, mask = self.tokenize(captions)
         device = self._device_marker.device
         ids, mask = ids.to(device), mask.to(device)

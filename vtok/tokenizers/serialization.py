@@ -70,19 +70,23 @@ def check_config(config: dict[str, Any]) -> None:
     if config.get("family") not in families():
         raise UnsafeConfigError(f"unknown tokenizer family {config.get('family')!r}; vtok loads only "
                                 f"{sorted(families())}")
-    _check_plain(config, "config")
+    check_plain(config, "config")
 
 
-def _check_plain(value: Any, where: str) -> None:
+def check_plain(value: Any, where: str, file_keys: tuple[str, ...] = ()) -> None:
+    """Raise :class:`UnsafeConfigError` unless ``value`` is plain data: no instantiation keys, no import paths
+    (except under ``file_keys``, whose values are file names such as ``model.gguf``)."""
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str) or key.startswith("_"):
                 raise UnsafeConfigError(f"{where}: key {key!r} is refused (configs are plain data, no "
                                         "_target_ or other instantiation keys)")
-            _check_plain(item, f"{where}.{key}")
+            if key in file_keys and isinstance(item, str):
+                continue
+            check_plain(item, f"{where}.{key}", file_keys)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
+            check_plain(item, f"{where}[{i}]", file_keys)
     elif isinstance(value, str) and _IMPORT_PATH.match(value):
         raise UnsafeConfigError(f"{where} = {value!r} looks like a Python import path; vtok configs name "
                                 "components by kind from allowlists, never by import path")

@@ -43,12 +43,12 @@ def build_part(registry: dict[str, type[nn.Module]], role: str, config: dict[str
     return registry[kind](**{**defaults, **config})
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
     """Nested mappings and sequences -> dicts and lists (OmegaConf's containers are both, so no import)."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_data(v) for k, v in value.items()}
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     return value
 
 
@@ -73,7 +73,7 @@ class Tokenizer(nn.Module):
         expander: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        encoder, quantizer, decoder, expander = _plain(encoder), _plain(quantizer), _plain(decoder), _plain(expander)
+        encoder, quantizer, decoder, expander = (plain_data(part) for part in (encoder, quantizer, decoder, expander))
         self.encoder: Encoder = build_part(ENCODERS, "encoder", encoder)
         quantizer.setdefault("dim", self.encoder.out_dim)
         self.quantizer = build_quantizer(quantizer)

@@ -47,6 +47,8 @@ class TokenizerModule(L.LightningModule):
         grad_clip: max gradient norm, applied to tokenizer and discriminator separately; 0 disables.
         ema_decay: decay of the weight EMA; ``None`` or 0 disables it.
         usage_window: batches over which codebook usage is counted for logging.
+        freeze_tokenizer: keep the tokenizer exactly as it is (no gradient, no codebook or EMA update, eval mode
+            in every step): for stages that train only what reads its tokens (an LLM's projector).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class TokenizerModule(L.LightningModule):
         grad_clip: float = 1.0,
         ema_decay: float | None = 0.999,
         usage_window: int = 100,
+        freeze_tokenizer: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer", "loss"])
@@ -71,6 +74,10 @@ class TokenizerModule(L.LightningModule):
         self.tokenizer = tokenizer
         self.loss = loss
         loss.bind(tokenizer)  # size the semantic terms' heads now, so the optimiser and checkpoints see them
+        self.freeze_tokenizer = freeze_tokenizer
+        if freeze_tokenizer:
+            tokenizer.requires_grad_(False)
+            ema_decay = None  # the weights do not move: no average to keep
         self.ema = EMA(tokenizer, ema_decay) if ema_decay else None
         size = tokenizer.vocab_size
         # Usage over a window of batches, for codebooks with a histogram (larger LFQ/BSQ report per-bit stats).
@@ -84,16 +91,13 @@ class TokenizerModule(L.LightningModule):
         h = self.hparams
         decay, no_decay = [], []
         for name, p in self.tokenizer.named_parameters():
-            (decay if p.ndim >= 2 and "codebook" not in name else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": h.weight_decay, "lr": h.lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": h.lr},
-        ]
-        lambdas = [self._tokenizer_lr_factor] * 2
-        heads = self.loss.head_parameters()
-        if heads:  # semantic terms' projection heads learn with the tokenizer
-            groups.append({"params": heads, "weight_decay": 0.0, "lr": h.lr})
-            lambdas.append(self._tokenizer_lr_factor)
+            if p.requires_grad:
+                (decay if p.ndim >= 2 and "codebook" not in name else no_decay).append(p)
+        groups = [group for group in ({"params": decay, "weight_decay": h.weight_decay, "lr": h.lr},
+                                      {"params": no_decay, "weight_decay": 0.0, "lr": h.lr}) if group["params"]]
+        # the loss terms' heads (and an LLM's weights) learn on the tokenizer's schedule, at their own rates
+        groups += self.loss.param_groups(h.lr)
+        lambdas = [self._tokenizer_lr_factor] * len(groups)
         if self.loss.discriminator is not None:
             groups.append({"params": list(self.loss.discriminator.parameters()), "weight_decay": 0.0,
                            "lr": h.disc_lr or h.lr})
@@ -146,8 +150,18 @@ class TokenizerModule(L.LightningModule):
 
         text = self.text_for(batch)
         condition = text if self.tokenizer.condition_dim is not None else None
-        output = self.tokenizer(images, features=self.loss.feature_names, text=condition)
-        loss, logs = self.loss.generator_loss(images, output, step, self.tokenizer.last_layer, text=text)
+        if self.freeze_tokenizer:
+            self.tokenizer.eval()
+            with torch.no_grad():
+                output = self.tokenizer(images, features=self.loss.feature_names, text=condition)
+        else:
+            output = self.tokenizer(images, features=self.loss.feature_names, text=condition)
+        captions = batch.get("caption") if self.loss.needs_captions else None
+        if self.loss.needs_captions and captions is None:
+            raise ValueError("this run's loss reads captions, but the batch has none: use captioned data")
+        loss, logs = self.loss.generator_loss(images, output, step, self.tokenizer.last_layer, text=text,
+                                              captions=captions, prompts=batch.get("prompt"),
+                                              tokenizer=self.tokenizer)
         if self.loss.discriminator is not None:
             d_loss, d_logs = self.loss.discriminator_loss(images, output.reconstruction, step)
             loss, logs = loss + d_loss, {**logs, **d_logs}
@@ -208,6 +222,8 @@ class TokenizerModule(L.LightningModule):
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
         checkpoint["rng"] = _get_rng_state()
+        records = {name: term.checkpoint_record() for name, term in self.loss.terms.items()}
+        checkpoint["loss_terms"] = {name: record for name, record in records.items() if record is not None}
         checkpoint["train_seconds"] = self.train_seconds
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

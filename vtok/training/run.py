@@ -10,8 +10,11 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from vtok.checkpoint import load_tokenizer
 
 from .module import TokenizerModule
 from .progress import route_lightning_logs
@@ -62,14 +65,47 @@ def resolve_checkpoint(cfg: DictConfig) -> str | None:
 def build(cfg: DictConfig) -> tuple[TokenizerModule, L.LightningDataModule, L.Trainer]:
     """Instantiate the module, data module and trainer a config describes."""
     datamodule = instantiate(cfg.data)
-    tokenizer = instantiate(cfg.model)
+    init = cfg.get("init") or {}
+    if init.get("tokenizer"):  # a trained tokenizer: its own architecture and weights (cfg.model is not used)
+        tokenizer, source = load_tokenizer(init.tokenizer, weights=init.get("weights", "ema"))
+        tokenizer.train()
+        log.info("starting from %s", source)
+    else:
+        tokenizer = instantiate(cfg.model)
     loss = instantiate(cfg.loss)
     module = TokenizerModule(tokenizer, loss, **OmegaConf.to_container(cfg.module, resolve=True))
+    if init.get("checkpoint"):
+        load_stage(module, init.checkpoint)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                           default_root_dir=cfg.paths.run_dir)
     return module, datamodule, trainer
+
+
+def load_stage(module: TokenizerModule, path: str) -> None:
+    """Start from an earlier stage's checkpoint: every weight of ``module`` that it holds (tokenizer, EMA, loss
+    heads, projector, trained LLM weights); the optimiser, step and data position start afresh.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: it holds none of the tokenizer's weights (a checkpoint of another run kind).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"init.checkpoint={path} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint["state_dict"]
+    if not any(key.startswith("tokenizer.") for key in state):
+        raise ValueError(f"init.checkpoint={path} holds no tokenizer weights: it was not written by vtok's trainer")
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    tokenizer_missing = [key for key in missing if key.startswith("tokenizer.")]
+    if tokenizer_missing or unexpected:
+        raise ValueError(f"init.checkpoint={path} does not fit this run's tokenizer or loss terms: missing "
+                         f"{tokenizer_missing[:5]}, unexpected {unexpected[:5]}")
+    if module.ema is not None and "ema" in checkpoint:
+        module.ema.load_state_dict(checkpoint["ema"])
+    log.info("started from %s (step %s); not in it, kept as built: %s", path, checkpoint.get("global_step"),
+             sorted({key.split(".")[0] + "." + key.split(".")[1] for key in missing}) or "nothing")
 
 
 def fit(cfg: DictConfig) -> tuple[TokenizerModule, L.LightningDataModule, L.Trainer]:

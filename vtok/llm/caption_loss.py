@@ -1,0 +1,78 @@
+"""The ETT caption loss: a loss term that feeds the tokenizer's code embeddings to an LLM and asks it to caption."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vtok.losses.term import LossTerm, TermInputs
+from vtok.tokenizers.tokenizer import plain_data
+
+from .bridge import ImageToText
+
+
+class CaptionLoss(LossTerm):
+    """Next-token loss of the image's caption given its tokens, through :class:`ImageToText`.
+
+    For discrete tokenizers the LLM reads ``tokenizer.embed(indices)`` (the codebook vectors: gradient reaches
+    the codebook) plus the straight-through difference of the quantized features (gradient reaches the encoder);
+    its value is exactly the code vector. Continuous tokenizers pass their latents as they are.
+
+    Args:
+        llm: :class:`ImageToText` keywords (``source``, ``gguf_file``, ``config``, ``train``, ``lora``, ...).
+        feature: what the LLM reads: ``quantized``, or ``quantized.semantic`` / ``quantized.pixel`` for dual
+            codebooks (which codebook's embeddings).
+        weight: weight of the caption loss.
+        lr: learning rate of the projector and markers (``None``: the module's ``lr``).
+        llm_lr: learning rate of the LLM's trainable weights (full or LoRA).
+    """
+
+    needs_captions = True
+
+    def __init__(self, llm: dict[str, Any], feature: str = "quantized", weight: float = 1.0,
+                 lr: float | None = None, llm_lr: float = 1.0e-5) -> None:
+        super().__init__()
+        self.llm_config = dict(llm)
+        self.feature, self.features = feature, (feature,)
+        self.which = feature.split(".", 1)[1] if "." in feature else None
+        self.weight, self.lr, self.llm_lr = weight, lr, llm_lr
+        self.bridge: ImageToText | None = None
+
+    def bind(self, feature_dims: dict[str, int], text_dim: int | None) -> None:
+        if self.bridge is None:
+            self.bridge = ImageToText(feature_dims[self.feature], **self.llm_config)
+
+    def checkpoint_record(self) -> dict[str, Any]:
+        """``{"kind": "llm_caption", "feature", "in_dim", "llm": settings}``: what export and captioning rebuild."""
+        bridge = self._bridge()
+        return {"kind": "llm_caption", "feature": self.feature, "in_dim": bridge.projector.in_dim,
+                "llm": {k: v for k, v in plain_data(self.llm_config).items() if k != "config_key"}}
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        bridge = self._bridge()
+        groups = [{"params": bridge.bridge_parameters(), "lr": self.lr or lr, "weight_decay": 0.0}]
+        if bridge.llm_parameters():
+            groups.append({"params": bridge.llm_parameters(), "lr": self.llm_lr, "weight_decay": 0.0})
+        return groups
+
+    def _bridge(self) -> ImageToText:
+        if self.bridge is None:
+            raise RuntimeError("bind() the caption loss to the tokenizer's feature sizes before use")
+        return self.bridge
+
+    def image_tokens(self, inputs: TermInputs) -> Tensor:
+        """``(B, N, D)``: what the LLM reads of each image (code embeddings with the encoder's gradient)."""
+        quantized = inputs.output.features[self.feature]
+        indices = inputs.output.tokens.indices
+        if indices is not None and inputs.tokenizer is not None:
+            codes = inputs.tokenizer.embed(indices, self.which).to(quantized.dtype)
+            quantized = codes + (quantized - quantized.detach())
+        return quantized.flatten(1, -2)
+
+    def forward(self, inputs: TermInputs) -> tuple[Tensor, dict[str, Tensor]]:
+        if inputs.captions is None:
+            raise ValueError("the caption loss got a batch without captions")
+        loss = self._bridge().caption_loss(self.image_tokens(inputs), list(inputs.captions), inputs.prompts)
+        return self.weight * loss, {"loss": loss.detach(), "perplexity": torch.exp(loss.detach().clamp(max=20))}

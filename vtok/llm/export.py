@@ -1,0 +1,75 @@
+"""The LLM bridge beside an exported tokenizer: ``llm_bridge/bridge.json`` (plain data naming the LLM) and
+``llm_bridge/model.safetensors`` (projector, markers, and the LLM's trained weights: LoRA adapters or, when fully
+trained, all of them). A frozen LLM is not copied: ``bridge.json`` names where it comes from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vtok.tokenizers.serialization import UnsafeConfigError, check_plain
+
+from .bridge import ImageToText
+
+BRIDGE_DIR, CONFIG_NAME, WEIGHTS_NAME = "llm_bridge", "bridge.json", "model.safetensors"
+FORMAT = "vtok-llm-bridge"
+FILE_KEYS = ("source", "gguf_file")  # values that are paths or file names, not import paths
+
+
+def bridge_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """``(record, state)`` of the LLM caption term a training checkpoint holds, or ``None`` when it has none."""
+    for name, record in (checkpoint.get("loss_terms") or {}).items():
+        if record.get("kind") == "llm_caption":
+            prefix = f"loss.terms.{name}.bridge."
+            state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+            return record, state
+    return None
+
+
+def save_bridge(out_dir: str | Path, record: dict[str, Any], state: dict[str, torch.Tensor]) -> Path:
+    """Write ``out_dir/llm_bridge/``; returns that folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(out_dir) / BRIDGE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"format": FORMAT, "format_version": 1, **record}
+    check_plain(config, "bridge", FILE_KEYS)
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS_NAME))
+    return folder
+
+
+def build_bridge(record: dict[str, Any], state: dict[str, torch.Tensor]) -> ImageToText:
+    """An :class:`ImageToText` from a record (``checkpoint_record``) and its saved weights, in eval mode."""
+    bridge = ImageToText(int(record["in_dim"]), **record["llm"])
+    missing, unexpected = bridge.load_state_dict(state, strict=False)
+    required = [k for k in missing if k.startswith(("projector.", "markers"))]
+    if required or unexpected:
+        raise ValueError(f"the saved bridge does not fit its settings: missing {required[:5]}, unexpected "
+                         f"{unexpected[:5]}")
+    return bridge.eval()
+
+
+def load_bridge(folder: str | Path) -> tuple[ImageToText, dict[str, Any]]:
+    """The bridge exported beside a tokenizer (``folder`` or ``folder/llm_bridge``) and its record.
+
+    Raises:
+        FileNotFoundError: no bridge there.
+        UnsafeConfigError: ``bridge.json`` is not a vtok bridge or holds more than plain data.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    folder = folder / BRIDGE_DIR if (folder / BRIDGE_DIR).is_dir() else folder
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{folder} holds no {CONFIG_NAME}: export an ETT run with vtok-export")
+    record = json.loads((folder / CONFIG_NAME).read_text())
+    if record.get("format") != FORMAT:
+        raise UnsafeConfigError(f"{folder / CONFIG_NAME} is not a vtok LLM bridge")
+    check_plain(record, "bridge", FILE_KEYS)
+    record = {k: v for k, v in record.items() if k not in ("format", "format_version")}
+    return build_bridge(record, load_file(str(folder / WEIGHTS_NAME))), record
