@@ -105,6 +105,13 @@ def test_weights_command_lists_what_a_config_needs(tmp_path, capsys, monkeypatch
     assert files_needed(compose_config("experiment=quickstart", toy=False)) == []
     assert files_needed(compose_config("experiment=llamagen_vq16")) == []  # toy scale: nothing to download
     needed = files_needed(compose_config("experiment=llamagen_vq16", toy=False))
+    from vtok.weights import models_needed
+
+    assert models_needed(compose_config("experiment=unitok", toy=False)) == [
+        ("sentence-transformers/all-MiniLM-L6-v2", "teachers.text.source")]
+    assert models_needed(compose_config("experiment=tokenflow", toy=False)) == [
+        ("google/siglip-so400m-patch14-384", "teachers.image.source")]
+    assert models_needed(compose_config("experiment=tokenflow")) == []  # toy: built from configs
     assert needed == [("lpips_vgg", "loss.perceptual.backbone_path"), ("fid_inception", "eval.inception_path"),
                       ("lpips_alex", "eval.lpips_backbone_path")]
     monkeypatch.chdir(ROOT)

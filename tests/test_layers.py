@@ -25,6 +25,7 @@ LIGHTNING_FREE = sorted([
       for path in (ROOT / folder).glob("*.py")
       if path.name != "datamodule.py"),  # the data module is the one Lightning part of vtok.data
     "vtok.hub", "vtok.checkpoint", "vtok.images", "vtok.distributed", "vtok.weights", "vtok.config",
+    "vtok.llm", "vtok.llm.bridge", "vtok.llm.export", "vtok.llm.caption",
 ])
 
 

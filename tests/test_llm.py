@@ -62,7 +62,6 @@ def _batch():
 
 def _train(module, steps=1):
     import lightning as L
-
     from torch.utils.data import DataLoader
 
     loader = DataLoader([_batch()] * steps, batch_size=None)  # the same batch each step
@@ -177,3 +176,22 @@ def test_stage_runs_export_and_caption_from_the_command_line(llm_folder, tmp_pat
                                  f"image={tmp_path / 'red.png'}", "max_new_tokens=5"], cwd=ROOT, capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0 and f"{tmp_path / 'red.png'}: " in result.stdout, result.stderr[-2000:]
+
+
+def test_instruction_shards_give_prompt_and_answer(tmp_path):
+    import io
+    import json
+
+    import webdataset as wds
+    from PIL import Image
+
+    from vtok.data import ImageTransform, ShardDataset
+
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(png, format="PNG")
+    with wds.TarWriter(str(tmp_path / "sft-000000.tar")) as sink:
+        sink.write({"__key__": "a", "png": png.getvalue(),
+                    "json": json.dumps({"prompt": "What colour is it?", "answer": "Green."}).encode()})
+    sample = next(iter(ShardDataset(str(tmp_path / "sft-000000.tar"), ImageTransform(size=16, mode="center"),
+                                    resampled=False, shuffle_buffer=0, captions=True)))
+    assert sample["prompt"] == "What colour is it?" and sample["caption"] == "Green."

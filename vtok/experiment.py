@@ -78,6 +78,10 @@ def summary(result: dict[str, Any]) -> str:
         for name, figures in report.get("semantic", {}).items():
             if "teacher_cosine" in figures:
                 lines.append(f"  {name}: cosine to the teacher {figures['teacher_cosine']:.3f} on held-out images")
+            elif "caption_loss" in figures:
+                lines.append(f"  {name}: held-out caption loss {figures['caption_loss']:.3f} over "
+                             f"{figures['num_images']} images")
+                lines += [f"    {e['generated']!r} (reference: {e['reference']!r})" for e in figures["examples"]]
             else:
                 lines.append(f"  {name}: image-to-caption R@1 {figures['recall_at_1']:.1%} (chance "
                              f"{figures['chance_at_1']:.1%}), R@5 {figures['recall_at_5']:.1%} (chance "

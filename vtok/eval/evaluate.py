@@ -205,7 +205,7 @@ def evaluate(
         condition = text if tokenizer.condition_dim is not None else None
         meter.update(batch, condition)
         if semantic.active:
-            semantic.update(batch, text, condition)
+            semantic.update(batch, text, condition, captions)
         if max_images is not None and meter.totals["images"] >= max_images:
             break
     meter.gather()

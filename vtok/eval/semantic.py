@@ -3,7 +3,8 @@
 Protocol (recorded in the report): distillation terms report the mean cosine between the tokenizer's projected
 features and the teacher's, per image then over images; contrastive terms embed each held-out image and its
 caption (the first, when it has several) and report recall@1 and recall@5 of finding an image's own caption
-among all held-out captions, with chance (``k / N``) beside them.
+among all held-out captions, with chance (``k / N``) beside them; LLM caption terms report the mean next-token
+loss of each held-out image's caption given its tokens, and the greedy captions of the first images.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import torch
 from torch import Tensor
 
 from vtok.distributed import gather_list
-from vtok.losses import ImageTextContrastive, LossTerm, SemanticDistillation
+from vtok.losses import ImageTextContrastive, LossTerm, SemanticDistillation, TermInputs
 from vtok.tokenizers import Tokenizer
 
 RECALL_AT = (1, 5)
+CAPTION_EXAMPLES = 3  # generated captions kept in the report
 
 
 class SemanticMeter:
@@ -32,8 +34,12 @@ class SemanticMeter:
         self.tokenizer = tokenizer
         self.distill = {n: t for n, t in terms.items() if isinstance(t, SemanticDistillation)}
         self.contrastive = {n: t for n, t in terms.items() if isinstance(t, ImageTextContrastive)}
-        self.features = tuple(dict.fromkeys(t.feature for t in (*self.distill.values(), *self.contrastive.values())))
+        self.captioning = {n: t for n, t in terms.items() if t.needs_captions}
+        measured = (*self.distill.values(), *self.contrastive.values(), *self.captioning.values())
+        self.features = tuple(dict.fromkeys(name for t in measured for name in t.features))
         self.cosines: dict[str, list[float]] = {name: [] for name in self.distill}
+        self.caption_losses: dict[str, list[float]] = {name: [] for name in self.captioning}
+        self.examples: dict[str, list[dict[str, str]]] = {name: [] for name in self.captioning}
         self.embeddings: dict[str, tuple[list[Tensor], list[Tensor]]] = {n: ([], []) for n in self.contrastive}
 
     @property
@@ -41,11 +47,24 @@ class SemanticMeter:
         return bool(self.features)
 
     @torch.no_grad()
-    def update(self, images: Tensor, text: Tensor | None, condition: Tensor | None) -> None:
-        """``(B, 3, H, W)`` images, their captions' ``(B, D)`` embeddings (or ``None``), the tokenizer's condition."""
-        features = self.tokenizer(images, features=self.features, text=condition).features
+    def update(self, images: Tensor, text: Tensor | None, condition: Tensor | None,
+               captions: list[str] | None = None) -> None:
+        """``(B, 3, H, W)`` images, their captions' ``(B, D)`` embeddings (or ``None``), the tokenizer's condition,
+        and the captions themselves."""
+        output = self.tokenizer(images, features=self.features, text=condition)
+        features = output.features
         for name, term in self.distill.items():
             self.cosines[name] += term.cosine(images, features[term.feature]).tolist()
+        if captions is not None:
+            for name, term in self.captioning.items():
+                inputs = TermInputs(images, output, text, list(captions), None, self.tokenizer)
+                for b in range(images.shape[0]):  # per image: a mean over images, whatever the batching
+                    one = TermInputs(images[b: b + 1], _row(output, b), None, [captions[b]], None, self.tokenizer)
+                    self.caption_losses[name].append(float(term(one)[1]["loss"]))
+                if len(self.examples[name]) < CAPTION_EXAMPLES:
+                    count = CAPTION_EXAMPLES - len(self.examples[name])
+                    generated = term.bridge.generate(term.image_tokens(inputs)[:count])
+                    self.examples[name] += [{"reference": r, "generated": g} for r, g in zip(captions, generated)]
         if text is None:
             return
         for name, term in self.contrastive.items():
@@ -56,6 +75,7 @@ class SemanticMeter:
     def gather(self) -> None:
         """Join every rank's values (all ranks call this)."""
         self.cosines = {name: gather_list(values) for name, values in self.cosines.items()}
+        self.caption_losses = {name: gather_list(values) for name, values in self.caption_losses.items()}
         self.embeddings = {name: (gather_list(images), gather_list(captions))
                            for name, (images, captions) in self.embeddings.items()}
 
@@ -66,6 +86,10 @@ class SemanticMeter:
             term = self.distill[name]
             out[name] = {"teacher_cosine": float(torch.tensor(values).mean()), "feature": term.feature,
                          "num_images": len(values)}
+        for name, values in self.caption_losses.items():
+            if values:
+                out[name] = {"caption_loss": float(torch.tensor(values).mean()), "num_images": len(values),
+                             "examples": self.examples[name], "feature": self.captioning[name].feature}
         for name, (images, captions) in self.embeddings.items():
             if images:
                 out[name] = {**retrieval(torch.cat(images), torch.cat(captions)),
@@ -85,3 +109,13 @@ def retrieval(images: Tensor, captions: Tensor) -> dict[str, Any]:
         out[f"recall_at_{k}"] = float((rank < k).float().mean())
         out[f"chance_at_{k}"] = min(1.0, k / n)
     return out
+
+
+def _row(output: Any, b: int) -> Any:
+    """Image ``b`` of a tokenizer output (tokens and features), as a batch of one."""
+    from dataclasses import replace
+
+    tokens = replace(output.tokens, indices=None if output.tokens.indices is None else output.tokens.indices[b: b + 1],
+                     latents=output.tokens.latents[b: b + 1])
+    return replace(output, reconstruction=output.reconstruction[b: b + 1], tokens=tokens,
+                   features={k: v[b: b + 1] for k, v in output.features.items()})
