@@ -17,6 +17,8 @@ done
 for run in coco_contrastive coco_probe; do
     probe=$([ $run = coco_probe ] && echo true || echo false)
     args=(experiment=contrastive_small "teachers.text.source=$MINILM" run_name=$run overwrite=true
+          'data.train.urls=${paths.data_dir}/coco-mini/train-000000.tar' data.train.shuffle_buffer=100
+          data.train.decode_cache=100 'data.val.urls=${paths.data_dir}/coco-mini/val-000000.tar'
           loss.terms.contrastive.detach_features=$probe "$@")
     $PY train.py "${args[@]}"
     # the same weights evaluated on the training images (first caption of each), into RUN/eval-train
