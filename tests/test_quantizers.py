@@ -49,6 +49,9 @@ KINDS = {
     "multi_codebook": {"groups": 4, "quantizer": {"kind": "vq", "codebook_size": 32}},
     "gaussian": {},
     "continuous": {"noise_std": 0.1},
+    "dual": {"semantic_dim": 8, "codebook_size": 64},
+    "dual_pair": {"kind": "dual", "semantic_dim": 8, "codebook_size": 64, "shared_index": False,
+                  "l2_normalize": False, "decode_from": "both"},
 }
 
 
