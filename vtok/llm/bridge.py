@@ -76,6 +76,7 @@ class ImageToText(nn.Module):
         self.markers = nn.Parameter(torch.randn(2, self.hidden_size) * 0.02) if markers else None
         self.prompt, self.chat_template, self.max_caption_tokens = prompt, chat_template, max_caption_tokens
         self.source, self.gguf_file = source, gguf_file
+        self._frames: dict[str, tuple[list[int], list[int]]] = {}
 
     @property
     def language_model(self) -> nn.Module:
@@ -99,7 +100,13 @@ class ImageToText(nn.Module):
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _frame(self, prompt: str) -> tuple[list[int], list[int]]:
-        """Token ids before the image and between the image and the caption."""
+        """Token ids before the image and between the image and the caption (tokenized once per prompt: every
+        sample of a caption run shares one)."""
+        if prompt not in self._frames:
+            self._frames[prompt] = self._tokenize_frame(prompt)
+        return self._frames[prompt]
+
+    def _tokenize_frame(self, prompt: str) -> tuple[list[int], list[int]]:
         if self.chat_template and getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": f"{PLACEHOLDER}\n{prompt}"}],
                                                       tokenize=False, add_generation_prompt=True)

@@ -114,7 +114,7 @@ class TokenizerLoss(nn.Module):
         if not len(self.terms):
             return
         size = tokenizer.fixed_size or tokenizer.image_size
-        images = torch.zeros(2, 3, size, size, device=tokenizer.last_layer.device)
+        images = torch.zeros(2, 3, size, size, device=next(tokenizer.parameters()).device)
         text_dim = self.text_encoder.dim if self.text_encoder is not None else None
         text = images.new_zeros(2, tokenizer.condition_dim) if tokenizer.condition_dim else None
         was_training = tokenizer.training
