@@ -3,6 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
+import vtok.config  # noqa: F401  (registers the config resolvers before Hydra composes)
+
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:

@@ -32,3 +32,35 @@ class RecordRanks(L.Callback):
             "world_size": trainer.world_size,
             "step": trainer.global_step,
         }))
+
+
+class StallRank(L.Callback):
+    """Rank ``rank`` stops answering after step ``step`` (writes ``marker``, then sleeps): the other ranks wait for
+    it inside their next collective, as they would for a rank stuck on a dead file system or a lost node."""
+
+    def __init__(self, rank: int, step: int, marker: str) -> None:
+        self.rank, self.step, self.marker = rank, step, Path(marker)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            import time
+
+            self.marker.write_text("stalled")
+            time.sleep(3600)
+
+
+class RecordSplit(L.Callback):
+    """Writes, per rank, its rank and world size as Lightning sees them and the keys of its validation images."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.val_keys: list[str] = []
+
+    def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.val_keys += list(batch["key"])
+
+    def on_train_end(self, trainer, module) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps({
+            "rank": trainer.global_rank, "world_size": trainer.world_size, "num_nodes": trainer.num_nodes,
+            "node_rank": trainer.node_rank, "val_keys": self.val_keys}))

@@ -143,12 +143,32 @@ def test_small_shards_are_read_once_and_replayed_identically(tmp_path, monkeypat
 def test_resume_skips_exactly_the_consumed_batches(tmp_path):
     urls = _stream_shards(tmp_path)
     for workers in (0, 2):
+        for consumed in (4, 5):  # an odd count: the resumed loader starts at worker 0, the next batch is worker 1's
+            ds = ShardDataset(urls, ImageTransform(size=16), resampled=True, shuffle_buffer=8, seed=1)
+            full = [b["image"] for _, b in zip(range(8), DataLoader(ds, batch_size=3, num_workers=workers))]
+            ds.resume_after(consumed, 3)
+            resumed = [b["image"] for _, b in zip(range(3), DataLoader(ds, batch_size=3, num_workers=workers))]
+            for a, b in zip(full[consumed:], resumed, strict=False):
+                assert torch.equal(a, b)
+
+
+def test_resume_is_exact_after_skipped_unreadable_samples(tmp_path):
+    # every fourth sample is unreadable: counting batches x batch size would land before the true position
+    items = [(f"k{i:03d}", b"" if i % 4 == 1 else _png((i, 0, 0), (20, 20)), "png", "") for i in range(40)]
+    write_shards(items, tmp_path, maxcount=10, verify=False, progress=False)
+    urls = str(tmp_path / "shard-{000000..000003}.tar")
+    for workers in (0, 2):
         ds = ShardDataset(urls, ImageTransform(size=16), resampled=True, shuffle_buffer=8, seed=1)
-        full = [b["image"] for _, b in zip(range(7), DataLoader(ds, batch_size=3, num_workers=workers))]
-        ds.resume_after(4, 3)
-        resumed = [b["image"] for _, b in zip(range(3), DataLoader(ds, batch_size=3, num_workers=workers))]
-        for a, b in zip(full[4:], resumed):
-            assert torch.equal(a, b)
+        full = list(zip(range(9), DataLoader(ds, batch_size=3, num_workers=workers)))
+        full = [batch for _, batch in full]
+        for consumed in (4, 5):
+            positions: dict[int, int] = {}  # what the data module records from the batches it trained
+            for batch in full[:consumed]:
+                positions[int(batch["stream_worker"][0])] = int(batch["stream_position"].max())
+            ds.resume_after(consumed, 3, positions)
+            resumed = [b for _, b in zip(range(3), DataLoader(ds, batch_size=3, num_workers=workers))]
+            assert [b["key"] for b in resumed] == [b["key"] for b in full[consumed:consumed + 3]]
+            assert all(torch.equal(a["image"], b["image"]) for a, b in zip(resumed, full[consumed:], strict=False))
 
 
 def test_non_resampled_split_by_rank_covers_everything_once(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from vtok.quantizers import QUANTIZERS, build_quantizer
 from vtok.quantizers.entropy import codebook_entropy_exact, codebook_entropy_factorized, per_sample_entropy
+from vtok.quantizers.lfq import bits_to_indices, indices_to_bits
 
 
 # Brute-force references: the full N x 2^d probability matrix the fast entropies avoid.
@@ -199,9 +200,41 @@ def test_entropy_loss_spreads_lfq_codes():
     assert with_entropy >= 4 * without
 
 
+def test_sixty_four_bit_tokens_are_one_exact_int64_each():
+    # every bit pattern, including those with bit 63 (int64's sign bit) set, has its own id and reads back exactly
+    bits = torch.rand(4096, 64) > 0.5
+    bits[0], bits[1], bits[2] = True, False, torch.arange(64) == 63
+    ids = bits_to_indices(bits)
+    assert ids.dtype == torch.int64 and (ids < 0).any() and (ids > 0).any()
+    assert torch.equal(indices_to_bits(ids, 64), bits)
+    assert torch.unique(ids).numel() == torch.unique(bits, dim=0).shape[0]
+    assert ids[1] == 0 and ids[2] == torch.iinfo(torch.int64).min and ids[0] == -1
+    for kind in ("bernoulli", "lfq"):
+        with pytest.raises(ValueError, match=r"1\.\.64"):
+            build_quantizer({"kind": kind, "bits": 65})
+
+
+def test_instella_preset_tokens_carry_all_64_bits(compose_run):
+    from hydra.utils import instantiate
+
+    cfg = compose_run("experiment=instella_binary_1d", "data=synthetic")
+    assert cfg.quantizer.bits == 64  # the preset's own setting, at toy width
+    tokenizer = instantiate(cfg.model).eval()
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    tokens = tokenizer.encode(images)
+    assert tokenizer.vocab_size == 2**64 and tokenizer.bits_per_token == 64
+    assert torch.equal(tokenizer.embed(tokens.indices), tokens.latents)  # ids -> codes exactly
+    assert torch.equal(tokenizer.decode_indices(tokens.indices), tokenizer.decode(tokens))
+    flipped = tokens.indices ^ torch.iinfo(torch.int64).min  # the same tokens with bit 63 flipped: negative ids
+    assert (flipped < 0).any()
+    assert torch.equal(indices_to_bits(flipped, 64)[..., :63], indices_to_bits(tokens.indices, 64)[..., :63])
+    assert not torch.equal(indices_to_bits(flipped, 64)[..., 63], indices_to_bits(tokens.indices, 64)[..., 63])
+    assert not torch.equal(tokenizer.embed(flipped), tokens.latents)  # bit 63 reaches the code vector
+
+
 def test_bernoulli_samples_in_training_and_thresholds_in_eval():
-    q = build_quantizer({"kind": "bernoulli", "bits": 64 - 1, "dim": 63})
-    z = torch.zeros(2000, 63)  # p = 0.5 everywhere
+    q = build_quantizer({"kind": "bernoulli", "bits": 64, "dim": 64})
+    z = torch.zeros(2000, 64)  # p = 0.5 everywhere
     train_bits = q(z).indices
     assert torch.unique(train_bits).numel() > 1900  # sampled: almost all distinct
     q.eval()

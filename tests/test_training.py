@@ -1,12 +1,15 @@
 """Trainer behaviour: overfitting, the delayed discriminator, EMA, exact resume."""
 
 import csv
+import io
 import shutil
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from vtok import Tokenizer
@@ -110,10 +113,31 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {int(r["step"]): float(r["train/total"]) for r in rows if r.get("train/total")}
 
 
-@pytest.mark.parametrize("data", ["synthetic"])
+def _shards_with_unreadable_samples(out: Path) -> list[str]:
+    """Two training shards where every fifth sample is unreadable, and one validation shard."""
+    from vtok.data.shards import write_shards
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(30)]
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    items = [(f"s{i:03d}", b"" if i % 5 == 2 else encoded[i], "png", "") for i in range(24)]
+    write_shards(items, out / "train", maxcount=12, verify=False, progress=False)
+    write_shards([(f"v{i}", encoded[24 + i], "png", "") for i in range(6)], out / "val", progress=False)
+    return ["data=webdataset", f"data.train.urls='{out}/train/shard-{{000000..000001}}.tar'",
+            f"data.val.urls={out}/val/shard-000000.tar", "data.image_size=32", "data.batch_size=4",
+            "data.num_workers=2", "data.train.shuffle_buffer=4"]
+
+
+@pytest.mark.parametrize("data", ["synthetic", "shards with unreadable samples, 2 workers"])
 def test_resume_gives_the_same_next_steps(tmp_path, compose_run, data):
+    # resumed at step 3: odd, so with 2 workers the next batch is the second worker's
+    data_overrides = ["data=synthetic"] if data == "synthetic" else _shards_with_unreadable_samples(tmp_path)
     common = [
-        f"data={data}", "trainer=cpu", "trainer.max_steps=6", "trainer.val_check_interval=100",
+        *data_overrides, "trainer=cpu", "trainer.max_steps=6", "trainer.val_check_interval=100",
         "callbacks.model_checkpoint.every_n_train_steps=3", "callbacks.reconstruction_grid.every_n_steps=100",
         "loss=vqgan", "loss.perceptual_weight=0", "loss.disc_start=2", "loss.discriminator.channels=8",
         "model.encoder.out_dim=16", "quantizer.codebook_size=64", "quantizer.restart_threshold=0.5",

@@ -3,11 +3,17 @@
 Quantizers keep their codebooks identical across ranks with :func:`all_reduce_sum`, :func:`broadcast` and
 :func:`mean_over_ranks`; data streams split work with :func:`rank_and_world_size` and :func:`worker_and_count`;
 evaluation gathers per-image values with :func:`gather_list`.
+
+Ranks may see different numbers of validation batches (a shard split by rank, a set not divisible by the world
+size), so per-batch work runs under :func:`local_only`: the quantizers' synchronising helpers become no-ops there,
+and the ranks meet once, in a gather every rank calls exactly once, whatever its batch count.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -15,10 +21,33 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
+_local_depth = 0
+
 
 def is_distributed() -> bool:
-    """Whether a process group of more than one rank is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether a process group of more than one rank is running (and this is not a :func:`local_only` block)."""
+    return not _local_depth and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextmanager
+def local_only() -> Iterator[None]:
+    """Within the block, :func:`all_reduce_sum`, :func:`broadcast`, :func:`mean_over_ranks` and
+    :func:`gather_list` act on this rank alone: for per-batch evaluation, where ranks' batch counts differ and a
+    collective inside a batch would wait forever for ranks that have no such batch."""
+    global _local_depth
+    _local_depth += 1
+    try:
+        yield
+    finally:
+        _local_depth -= 1
+
+
+def rank_share(count: int, rank: int | None = None, world: int | None = None) -> range:
+    """Positions ``0..count-1`` that ``rank`` of ``world`` handles: every ``world``-th, from ``rank``. Each position
+    goes to exactly one rank and none is repeated (unlike ``DistributedSampler``, which pads with repeats)."""
+    if rank is None or world is None:
+        rank, world = rank_and_world_size()
+    return range(rank, count, world)
 
 
 def rank() -> int:

@@ -5,6 +5,7 @@ This is the one module that imports both :mod:`vtok.training` and :mod:`vtok.eva
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,10 @@ import torch
 from omegaconf import DictConfig
 
 from vtok.eval.protocol import evaluate_from_config
+from vtok.exit_deadline import install_exit_deadline, stop_child_processes
 from vtok.training.run import fit
+
+log = logging.getLogger(__name__)
 
 # A run slower than this share of the speed its recipe expects is flagged.
 SLOW_SHARE = 0.6
@@ -21,13 +25,20 @@ SLOW_SHARE = 0.6
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured tokenizer; with ``evaluate=true`` also write the evaluation report.
 
+    Under DDP every rank runs this: each evaluates its share of the validation set and rank 0 writes the report.
+
     Returns:
         ``{"run_dir", "checkpoint", "train_steps", "train_seconds", "time_budget",
         "expected_steps_per_second",
         "is_global_zero"}`` and, when evaluated,
         ``"report"``.
     """
-    module, datamodule, trainer = fit(cfg)
+    install_exit_deadline(cfg.get("exit_grace_s", 30))
+    try:
+        module, datamodule, trainer = fit(cfg)
+    except BaseException:
+        stop_child_processes()  # the ranks this one started (Lightning's launcher) must not outlive it
+        raise
     result: dict[str, Any] = {
         "run_dir": str(cfg.paths.run_dir),
         "checkpoint": str(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"),
@@ -37,13 +48,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "expected_steps_per_second": cfg.get("expected_steps_per_second"),
         "is_global_zero": trainer.is_global_zero,
     }
-    if cfg.evaluate and trainer.is_global_zero:
+    if cfg.evaluate:  # every rank evaluates its share of the set (rank 0 writes the report)
         datamodule.setup("validate")
+        terms = dict(module.loss.terms.items())
+        if module.sharded:  # a sharded LLM would gather its layers per batch: ranks' batch counts differ
+            skipped = [name for name, term in terms.items() if term.shardable_modules()]
+            terms = {name: term for name, term in terms.items() if name not in skipped}
+            if skipped:
+                log.warning("trainer=fsdp: held-out figures of %s are left out of the report (their LLM is sharded);"
+                            " evaluate its checkpoint on one process for them", skipped)
         result["report"] = evaluate_from_config(
-            module.eval_tokenizer.to(module.device).eval(), datamodule.val_dataloader(), cfg.eval, cfg.data,
+            module.full_eval_tokenizer().to(module.device).eval(), datamodule.val_dataloader(), cfg.eval, cfg.data,
             Path(cfg.eval.get("out_dir") or cfg.paths.run_dir), device=module.device,
             text_encoder=module.loss.text_encoder,
-            terms=dict(module.loss.terms.items()),
+            terms=terms,
             extra={"train_steps": result["train_steps"], "train_seconds": result["train_seconds"],
                    # over the trainer's usage window (recent training batches), for comparison with held-out
                    "codebook_usage_train": _float(trainer.callback_metrics.get("train/codebook_usage")),

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from vtok.distributed import gather_list, rank
+
 from .stream import RandomSampleStream, ResumableStream
 from .validation import build_dataset, validation_loader
+
+log = logging.getLogger(__name__)
 
 
 class TokenizerDataModule(L.LightningDataModule):
@@ -50,6 +55,8 @@ class TokenizerDataModule(L.LightningDataModule):
         self.train_set: IterableDataset | None = None
         self.val_set: Dataset | None = None
         self._resume_batches = 0
+        self._resume_positions: dict[int, int] | None = None
+        self._positions: dict[int, int] = {}  # stream worker -> last raw position delivered in a trained batch
 
     def prepare_data(self) -> None:
         if self._prepare is not None:
@@ -65,7 +72,7 @@ class TokenizerDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
         if isinstance(self.train_set, ResumableStream):
-            self.train_set.resume_after(self._resume_batches, self.batch_size)
+            self.train_set.resume_after(self._resume_batches, self.batch_size, self._resume_positions)
         return DataLoader(self.train_set, batch_size=self.batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, drop_last=True)
 
@@ -74,9 +81,28 @@ class TokenizerDataModule(L.LightningDataModule):
             return []
         return validation_loader(self.val_set, self.val_batch_size, self.num_workers)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Called for the batch about to be trained (after any prefetching), so the record matches the step count.
+        if self.trainer is not None and self.trainer.training and "stream_worker" in batch:
+            self._positions[int(batch["stream_worker"][0])] = int(batch["stream_position"].max())
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
-        # One optimiser step per batch, so the global step is the number of batches this rank consumed.
-        return {"batches": self.trainer.global_step if self.trainer is not None else 0}
+        # One optimiser step per batch, so the global step is the number of batches this rank consumed. Streams that
+        # skip unreadable samples resume from the raw positions instead (exact whatever was skipped).
+        # Every rank calls this when a checkpoint is saved; the file is rank 0's, so it holds every rank's positions.
+        positions = gather_list([dict(self._positions)])
+        return {"batches": self.trainer.global_step if self.trainer is not None else 0,
+                "workers": max(self.num_workers, 1), "positions": dict(enumerate(positions))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume_batches = int(state.get("batches", 0))
+        saved = state.get("positions", {})
+        self._positions = {int(k): int(v) for k, v in saved.get(rank(), {}).items()}
+        exact = state.get("workers") == max(self.num_workers, 1) and rank() in saved
+        self._resume_positions = dict(self._positions) if exact and self._positions else None
+        if any(saved.values()) and not exact:
+            self._positions = {}
+            log.warning("resuming with %d data workers on rank %d of a checkpoint written with %s workers and %d "
+                        "ranks: the data stream restarts by batch count, not exactly where it stopped",
+                        max(self.num_workers, 1), rank(), state.get("workers"), len(saved))

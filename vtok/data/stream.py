@@ -20,9 +20,30 @@ class EpochAware(Protocol):
 
 @runtime_checkable
 class ResumableStream(Protocol):
-    """An endless training stream that can start after the batches a resumed run already consumed."""
+    """An endless training stream that can start after the batches a resumed run already consumed.
 
-    def resume_after(self, batches: int, batch_size: int) -> None: ...
+    ``positions`` (optional) maps each stream worker to the last raw stream position it had delivered in a consumed
+    batch (samples carry ``stream_worker`` and ``stream_position``): exact even when the stream skipped samples
+    (unreadable images), where counting ``batches x batch_size`` would fall short.
+    """
+
+    def resume_after(self, batches: int, batch_size: int, positions: dict[int, int] | None = None) -> None: ...
+
+
+def stream_worker(consumed_batches: int) -> tuple[int, int]:
+    """``(stream_worker, workers)`` of this data-loader worker when ``consumed_batches`` were already taken.
+
+    A ``DataLoader`` takes batches from its workers in turn, starting with worker 0, so an uninterrupted run's
+    batch ``n`` comes from worker ``n % W``. A resumed loader starts again at worker 0; giving loader worker ``w``
+    the stream of worker ``(w + n) % W`` makes the resumed batches come in the uninterrupted order.
+    """
+    worker, workers = worker_and_count()
+    return (worker + consumed_batches) % workers, workers
+
+
+def consumed_before(stream: int, workers: int, batches: int) -> int:
+    """Batches that stream worker ``stream`` of ``workers`` had produced when ``batches`` were consumed."""
+    return max(0, -(-(batches - stream) // workers))
 
 
 class RandomSampleStream(IterableDataset):
@@ -37,14 +58,15 @@ class RandomSampleStream(IterableDataset):
         self.dataset, self.seed = dataset, seed
         self.skip_batches, self.batch_size = 0, 1
 
-    def resume_after(self, batches: int, batch_size: int) -> None:
-        """Start after ``batches`` batches of ``batch_size`` already consumed on this rank."""
+    def resume_after(self, batches: int, batch_size: int, positions: dict[int, int] | None = None) -> None:
+        """Start after ``batches`` batches of ``batch_size`` already consumed on this rank (every position yields
+        one sample here, so ``positions`` adds nothing)."""
         self.skip_batches, self.batch_size = batches, batch_size
 
     def __iter__(self) -> Iterator[Any]:
         rank, _ = rank_and_world_size()
-        worker, workers = worker_and_count()
-        position = max(0, -(-(self.skip_batches - worker) // workers)) * self.batch_size
+        worker, workers = stream_worker(self.skip_batches)
+        position = consumed_before(worker, workers, self.skip_batches) * self.batch_size
         while True:
             position += 1
             index = int(np.random.default_rng([self.seed, rank, worker, position]).integers(len(self.dataset)))

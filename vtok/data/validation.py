@@ -5,9 +5,29 @@ The trainer's data module and ``python -m vtok.eval`` both read validation image
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sized
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+
+from vtok.distributed import rank_and_world_size, rank_share
+
+
+class RankShare(IterableDataset):
+    """This rank's share of a map-style dataset: items ``rank, rank + world, ...``, each once.
+
+    Iterable on purpose: the share of a rank may be empty (fewer images than ranks), and a loader of unknown length
+    keeps Lightning from skipping that rank's validation loop, which every rank must run to meet the others.
+    """
+
+    def __init__(self, dataset: Dataset, rank: int, world: int) -> None:
+        super().__init__()
+        self.dataset, self.rank, self.world = dataset, rank, world
+
+    def __iter__(self) -> Iterator[Any]:
+        assert isinstance(self.dataset, Sized)
+        for index in rank_share(len(self.dataset), self.rank, self.world):
+            yield self.dataset[index]
 
 
 def collate_same_size(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -27,6 +47,10 @@ def build_dataset(source: Any) -> Dataset:
 
 
 def validation_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 1) -> DataLoader:
-    """One pass over ``dataset`` in order, batched by :func:`collate_same_size` (at most one worker: order
-    and counts stay those of the dataset)."""
+    """One pass over this rank's share of ``dataset`` in order, batched by :func:`collate_same_size` (at most one
+    worker: order and counts stay those of the dataset). Under several ranks a map-style set is split by
+    :class:`RankShare` (each image on one rank, no padding); iterable sets (shards) split themselves by rank."""
+    rank, world = rank_and_world_size()
+    if world > 1 and not isinstance(dataset, IterableDataset):
+        dataset = RankShare(dataset, rank, world)
     return DataLoader(dataset, batch_size=batch_size, num_workers=min(num_workers, 1), collate_fn=collate_same_size)

@@ -20,8 +20,9 @@ from braceexpand import braceexpand
 from torch.utils.data import IterableDataset
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
-from vtok.distributed import rank_and_world_size, worker_and_count
+from vtok.distributed import rank_and_world_size
 
+from .stream import consumed_before, stream_worker
 from .transforms import IMAGE_EXTENSIONS, BadImage, ImageTransform, decode_image
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class ShardDataset(IterableDataset):
             resampling it replays the same samples instead of re-reading the tar.
 
     Yields:
-        dicts with ``image`` ``(3, H, W)`` in ``[-1, 1]``, ``key`` and, with ``captions``, ``caption``.
+        dicts with ``image`` ``(3, H, W)`` in ``[-1, 1]``, ``key``, ``stream_worker`` and ``stream_position`` (where
+        the sample stands in its worker's raw stream, for exact resume) and, with ``captions``, ``caption``.
     """
 
     def __init__(
@@ -95,6 +97,8 @@ class ShardDataset(IterableDataset):
         self.epoch = 0
         self.skip_batches = 0
         self.batch_size = 1
+        self.skip_positions: dict[int, int] | None = None
+        self._split_checked = False
         self.skipped_bad = 0
         self.decode_cache = decode_cache
         self._decoded: dict[str, Any] = {}
@@ -103,9 +107,31 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def resume_after(self, batches: int, batch_size: int) -> None:
-        """Make the next pass start after ``batches`` batches of ``batch_size`` already consumed on this rank."""
+    def resume_after(self, batches: int, batch_size: int, positions: dict[int, int] | None = None) -> None:
+        """Make the next pass start after ``batches`` batches of ``batch_size`` already consumed on this rank;
+        ``positions`` (stream worker -> last raw position it delivered) makes it exact after skipped samples."""
         self.skip_batches, self.batch_size = batches, batch_size
+        self.skip_positions = None if positions is None else {int(k): int(v) for k, v in positions.items()}
+
+    def _check_split(self, rank: int, world: int, worker: int, workers: int) -> None:
+        """Say (once, on rank 0's first worker) what fewer shards than readers (ranks x workers) mean."""
+        readers = world * workers
+        if len(self.urls) >= readers or self._split_checked:
+            return
+        self._split_checked = True
+        numbers = f"{len(self.urls)} shards for {world} rank(s) x {workers} data worker(s) = {readers} readers"
+        if self.resampled:
+            if rank == 0 and worker == 0:
+                log.warning("%s: readers draw shards at random, so several often read the same shard at the same "
+                            "time and batches mix fewer shards; write more, smaller shards (python -m "
+                            "vtok.data.shards ... --maxcount N)", numbers)
+        elif self.epoch_length is not None:
+            raise ValueError(f"{numbers}: a one-pass stream of fixed epoch length leaves "
+                             f"{readers - len(self.urls)} reader(s) with nothing to read; use resampled=true or "
+                             f"at least {readers} shards")
+        elif rank == 0 and worker == 0:
+            log.info("%s: %d reader(s) have no shard (every image is still read once)", numbers,
+                     readers - len(self.urls))
 
     def _my_shards(self, rank: int, world: int, worker: int, workers: int) -> Iterator[str]:
         rng = np.random.default_rng([self.seed, self.epoch, rank, worker, 1])
@@ -161,9 +187,12 @@ class ShardDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world = rank_and_world_size()
-        worker, workers = worker_and_count()
-        # Batches are taken from workers in turn, so worker w produced batches w, w + W, ... of the n seen.
-        skip = max(0, -(-(self.skip_batches - worker) // workers)) * self.batch_size
+        worker, workers = stream_worker(self.skip_batches)
+        self._check_split(rank, world, worker, workers)
+        if self.skip_positions is not None:  # raw positions: exact whatever was skipped as unreadable
+            skip = self.skip_positions.get(worker, 0)
+        else:
+            skip = consumed_before(worker, workers, self.skip_batches) * self.batch_size
         limit = None if self.epoch_length is None else -(-self.epoch_length // workers)
         produced = position = 0
         for raw in self._raw_samples(rank, world, worker, workers):
@@ -181,7 +210,8 @@ class ShardDataset(IterableDataset):
                 log.warning("skipped bad image %s in %s (%s); %d skipped so far on this worker",
                             raw.get("__key__"), raw.get("__url__"), error, self.skipped_bad)
                 continue
-            sample = {"image": self.transform(image, rng), "key": raw.get("__key__", "")}
+            sample = {"image": self.transform(image, rng), "key": raw.get("__key__", ""),
+                      "stream_worker": worker, "stream_position": position}
             if self.captions:
                 sample["caption"] = _caption(raw, rng if self.resampled else None)
                 prompt = _prompt(raw)

@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +20,37 @@ import torch
 from omegaconf import DictConfig
 
 from vtok.config import config_dir
+from vtok.exit_deadline import install_exit_deadline
 
 log = logging.getLogger("vtok.eval")
 
 
 def run(cfg: DictConfig) -> dict:
     """Load ``cfg.ckpt``, build the validation data for it, evaluate, write the report; returns the report."""
+    _seed(cfg.seed)
+    install_exit_deadline(cfg.get("exit_grace_s", 30))
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    if device.type == "cuda" and device.index is None:  # one GPU per rank under torchrun
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    started_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized()
+    if started_group:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=timedelta(seconds=cfg.get("collective_timeout_s", 1800)))
+    try:
+        return _evaluate(cfg, device)
+    finally:
+        if started_group:
+            torch.distributed.destroy_process_group()
+
+
+def _evaluate(cfg: DictConfig, device: torch.device) -> dict:
     from hydra.utils import instantiate
 
     from vtok.checkpoint import load_tokenizer
     from vtok.data.validation import build_dataset, validation_loader
     from vtok.eval.protocol import evaluate_from_config
 
-    _seed(cfg.seed)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
     tokenizer, source = load_tokenizer(cfg.ckpt, weights=cfg.weights)
     tokenizer = tokenizer.to(device).eval()
     check_data_fits(tokenizer.fixed_size, cfg.data)

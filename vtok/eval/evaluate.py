@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from vtok.distributed import all_reduce_sum, gather_list, rank
+from vtok.distributed import all_reduce_sum, gather_list, local_only, rank, rank_and_world_size, rank_share
 from vtok.images import image_grid, square_tile
 from vtok.losses import LossTerm
 from vtok.quantizers.stats import has_histogram, usage_and_perplexity
@@ -178,7 +178,7 @@ def evaluate(
     Args:
         tokenizer: the model, in eval mode.
         images: samples with ``image`` ``(3, H, W)`` or ``(B, 3, H, W)`` in ``[-1, 1]`` (this rank's share).
-        max_images: stop after this many images (per rank).
+        max_images: stop after this many images (over all ranks: each stops after its share).
         baselines: also run JPEG and the patch-mean tokenizer at the tokenizer's bits per pixel (on up to
             ``baseline_max_images`` images of rank 0: both search settings per image, which is slow).
         grid_images: how many originals/reconstructions to keep for the picture.
@@ -196,18 +196,25 @@ def evaluate(
     if tokenizer.condition_dim is not None and text_encoder is None:
         raise ValueError("this tokenizer is conditioned on captions: evaluating it needs the run's text encoder "
                          "(evaluate after training, with evaluate=true)")
-    for sample in tqdm(images, desc="evaluating", unit="batch", disable=None):
+    if max_images is not None:
+        max_images = len(rank_share(max_images, *rank_and_world_size()))
+    for sample in tqdm(images, desc="evaluating", unit="batch", disable=None if rank() == 0 else True):
+        if max_images is not None and meter.totals["images"] >= max_images:
+            break
         batch = sample["image"]
         batch = (batch[None] if batch.ndim == 3 else batch).to(meter.device)
         captions = sample.get("caption")
         captions = [captions] if isinstance(captions, str) else captions
         text = text_encoder(list(captions)) if text_encoder is not None and captions is not None else None
         condition = text if tokenizer.condition_dim is not None else None
-        meter.update(batch, condition)
-        if semantic.active:
-            semantic.update(batch, text, condition, captions)
-        if max_images is not None and meter.totals["images"] >= max_images:
-            break
+        if max_images is not None:  # a batch past this rank's share is cut, so the total is exact
+            keep = max_images - meter.totals["images"]
+            batch, captions = batch[:keep], None if captions is None else list(captions)[:keep]
+            text, condition = (None if t is None else t[:keep] for t in (text, condition))
+        with local_only():  # ranks' batch counts differ: they meet only in gather()
+            meter.update(batch, condition)
+            if semantic.active:
+                semantic.update(batch, text, condition, captions)
     meter.gather()
     semantic.gather()
     report = meter.summary()

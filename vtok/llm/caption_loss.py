@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from vtok.losses.term import LossTerm, TermInputs
 from vtok.tokenizers.tokenizer import plain_data
@@ -49,6 +49,16 @@ class CaptionLoss(LossTerm):
         bridge = self._bridge()
         return {"kind": "llm_caption", "feature": self.feature, "in_dim": bridge.projector.in_dim,
                 "llm": {k: v for k, v in plain_data(self.llm_config).items() if k != "config_key"}}
+
+    def shardable_modules(self) -> list[nn.Module]:
+        """The trained LLM's decoder layers (the classes it names in ``_no_split_modules``); none when frozen."""
+        bridge = self._bridge()
+        if not bridge.llm_parameters():
+            return []
+        language_model = bridge.language_model
+        names = set(getattr(language_model, "_no_split_modules", None) or [])
+        # by class name along the MRO: once sharded, FSDP2 gives each layer a subclass of its own
+        return [m for m in language_model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         bridge = self._bridge()

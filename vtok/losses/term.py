@@ -61,6 +61,11 @@ class LossTerm(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "lr": lr, "weight_decay": 0.0}] if params else []
 
+    def shardable_modules(self) -> list[nn.Module]:
+        """Large trainable blocks to shard over ranks under ``trainer=fsdp`` (an LLM's decoder layers); default none:
+        small heads stay whole on every rank."""
+        return []
+
     def bind(self, feature_dims: dict[str, int], text_dim: int | None) -> None:
         """Size what depends on the tokenizer: ``feature_dims`` maps each of :attr:`features` to its channels."""
 

@@ -104,6 +104,10 @@ class TokenizerLoss(nn.Module):
         """The terms' trainable parameters (projection heads, temperatures, an LLM's trained weights)."""
         return [p for p in self.terms.parameters() if p.requires_grad]
 
+    def shardable_modules(self) -> list[nn.Module]:
+        """The terms' large trainable blocks, sharded over ranks under ``trainer=fsdp``."""
+        return [module for term in self.terms.values() for module in term.shardable_modules()]
+
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimiser groups of the terms (each term says its own learning rates)."""
         return [group for term in self.terms.values() for group in term.param_groups(lr)]

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Quantizer, QuantizerOutput, fp32_forward
-from .lfq import bits_to_indices, indices_to_bits
+from .lfq import MAX_BITS, bits_to_indices, indices_to_bits
 
 
 class BernoulliQuantizer(Quantizer):
@@ -17,7 +17,8 @@ class BernoulliQuantizer(Quantizer):
     inference (thresholded) codes agree.
 
     Args:
-        bits: bits per token (``codebook_size = 2^bits``).
+        bits: bits per token (``codebook_size = 2^bits``), 1..64; 64-bit ids are the bits read as a
+            two's-complement int64 (:func:`~vtok.quantizers.lfq.bits_to_indices`).
         dim: input feature size; projected to ``bits`` and back when different.
         temperature: sampling temperature (lower: sharper probabilities).
         aux_weight: weight of ``mean(p * (1 - p))``.
@@ -25,6 +26,8 @@ class BernoulliQuantizer(Quantizer):
 
     def __init__(self, bits: int, dim: int | None = None, temperature: float = 1.0, aux_weight: float = 0.1) -> None:
         super().__init__()
+        if not 1 <= bits <= MAX_BITS:
+            raise ValueError(f"bits={bits}: use 1..{MAX_BITS} (a token id is one int64)")
         self.bits = bits
         self.in_dim = self.out_dim = dim or bits
         self.codebook_size = 2**bits

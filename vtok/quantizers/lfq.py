@@ -18,24 +18,35 @@ from .base import Quantizer, QuantizerOutput, fp32_forward
 from .entropy import codebook_entropy_exact, codebook_entropy_factorized, per_sample_entropy
 from .stats import HISTOGRAM_MAX_CODES, code_counts, usage_and_perplexity
 
+MAX_BITS = 64  # a token id is one int64
+
+
+def _bit_weights(bits: int, device: torch.device) -> Tensor:
+    if not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"{bits} bits per token: binary token ids are int64, so 1..{MAX_BITS} bits")
+    # 2^i for i < 63; bit 63 is int64's sign bit (weight -2^63 in two's complement)
+    return torch.ones(bits, dtype=torch.long, device=device).bitwise_left_shift(torch.arange(bits, device=device))
+
 
 def bits_to_indices(bits: Tensor) -> Tensor:
-    """``(..., d)`` booleans (bit ``i`` has weight ``2^i``) -> ``(...)`` long ids; ``d <= 63``."""
-    weights = 2 ** torch.arange(bits.shape[-1], device=bits.device, dtype=torch.long)
-    return (bits.long() * weights).sum(-1)
+    """``(..., d)`` booleans (bit ``i`` has weight ``2^i``) -> ``(...)`` int64 ids, ``d <= 64``.
+
+    With 64 bits the id is the bit pattern read as a two's-complement int64: every pattern has its own id, and
+    ids of tokens whose bit 63 is set are negative (``indices_to_bits`` reads them back exactly).
+    """
+    return (bits.long() * _bit_weights(bits.shape[-1], bits.device)).sum(-1)
 
 
 def indices_to_bits(indices: Tensor, bits: int) -> Tensor:
-    """``(...)`` long ids -> ``(..., bits)`` booleans."""
-    weights = 2 ** torch.arange(bits, device=indices.device, dtype=torch.long)
-    return (indices.unsqueeze(-1) & weights) > 0
+    """``(...)`` int64 ids -> ``(..., bits)`` booleans (inverse of :func:`bits_to_indices`)."""
+    return (indices.unsqueeze(-1) & _bit_weights(bits, indices.device)) != 0
 
 
 class LFQ(Quantizer):
     """Binary quantizer with entropy regularisation.
 
     Args:
-        bits: code bits per token (``codebook_size = 2^bits``; up to 63).
+        bits: code bits per token (``codebook_size = 2^bits``; up to 64: see :func:`bits_to_indices`).
         dim: input feature size; projected to ``bits`` and back when different.
         commitment_weight: weight of ``||z - sg(q)||^2`` (MAGVIT-v2: 0.25).
         entropy_weight: weight of ``E[H(p_n)] - diversity_gamma * H(E[p_n])`` (MAGVIT-v2: 0.1).
@@ -65,8 +76,9 @@ class LFQ(Quantizer):
         spherical: bool = False,
     ) -> None:
         super().__init__()
-        if not 1 <= bits <= 63:
-            raise ValueError(f"bits={bits}: use 1..63 (indices are int64)")
+        if not 1 <= bits <= MAX_BITS:
+            raise ValueError(f"bits={bits}: use 1..{MAX_BITS} (a token id is one int64; 64 bits read as two's "
+                             "complement)")
         if codebook_entropy not in ("auto", "exact", "factorized"):
             raise ValueError(f"codebook_entropy={codebook_entropy!r}: use auto, exact or factorized")
         self.bits = bits

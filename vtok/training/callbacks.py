@@ -29,11 +29,13 @@ class ReconstructionGrid(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if step % self.every_n_steps or not trainer.is_global_zero:
+        if step % self.every_n_steps:
+            return
+        tokenizer = module.full_eval_tokenizer()  # every rank: under trainer=fsdp this gathers the shards
+        if not trainer.is_global_zero:
             return
         images = batch["image"][: self.num_images]
         text = module.text_for(batch, for_loss=False)
-        tokenizer = module.eval_tokenizer
         was_training = tokenizer.training
         tokenizer.eval()
         reconstructions = tokenizer.decode(tokenizer.encode(images, text=None if text is None else

@@ -35,9 +35,37 @@ class EMA:
         self.model.to(device)
         return self
 
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "weights": self.model.state_dict()}
+    @torch.no_grad()
+    def shard_like(self, model: nn.Module) -> None:
+        """Shard the average as ``model`` is sharded (``trainer=fsdp``): each rank keeps and updates its slice of
+        every sharded weight (``DTensor``), so the EMA costs ``1 / world`` of a copy per rank."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
 
+        for name, param in model.named_parameters():
+            if isinstance(param, DTensor):
+                owner, leaf = _owner(self.model, name)
+                whole = getattr(owner, leaf)
+                sharded = distribute_tensor(whole.detach().to(param.device), param.device_mesh, param.placements)
+                setattr(owner, leaf, nn.Parameter(sharded, requires_grad=False))
+
+    def state_dict(self) -> dict:
+        """Decay, update count and the averaged weights, whole (sharded ones gathered: every rank calls this)."""
+        from torch.distributed.tensor import DTensor
+
+        weights = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in self.model.state_dict().items()}
+        return {"decay": self.decay, "updates": self.updates, "weights": weights}
+
+    @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
         self.decay, self.updates = state["decay"], state["updates"]
-        self.model.load_state_dict(state["weights"])
+        current = self.model.state_dict()
+        weights = {k: distribute_tensor(v.to(current[k].device), current[k].device_mesh, current[k].placements)
+                   if isinstance(current.get(k), DTensor) else v for k, v in state["weights"].items()}
+        self.model.load_state_dict(weights)
+
+
+def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return (module.get_submodule(path) if path else module), leaf

@@ -9,6 +9,7 @@ its own gradient. One ``optimizer.step()`` per batch keeps ``trainer.global_step
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from functools import partial
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vtok.distributed import all_reduce_sum
+from vtok.distributed import all_reduce_sum, local_only
 from vtok.images import psnr
 from vtok.losses import TokenizerLoss
 from vtok.quantizers.stats import UsageWindow, has_histogram, usage_and_perplexity
@@ -27,6 +28,9 @@ from vtok.tokenizers import Tokenizer
 
 from .ema import EMA
 from .schedule import delayed_constant, warmup_cosine
+from .sharding import average_replicated_gradients, clip_grad_norm, full_state_dict, shard_blocks, tokenizer_blocks
+
+log = logging.getLogger(__name__)
 
 
 class TokenizerModule(L.LightningModule):
@@ -82,6 +86,8 @@ class TokenizerModule(L.LightningModule):
         size = tokenizer.vocab_size
         # Usage over a window of batches, for codebooks with a histogram (larger LFQ/BSQ report per-bit stats).
         self.usage = UsageWindow(size, usage_window) if has_histogram(size) else None
+        self._sharded = False  # trainer=fsdp: blocks sharded in configure_model
+        self._val_tokenizer: Tokenizer | None = None
         self._last_step_time: float | None = None
         self._pending_rng: dict[str, Any] | None = None
         self.train_seconds = 0.0  # wall time spent in training steps, across resumes
@@ -110,6 +116,35 @@ class TokenizerModule(L.LightningModule):
         h = self.hparams
         time_progress = self.train_seconds / h.time_budget if h.time_budget else 0.0
         return warmup_cosine(step, h.warmup_steps, h.total_steps, h.min_lr_ratio, time_progress)
+
+    def configure_model(self) -> None:
+        # Lightning calls this under every strategy, before the optimiser exists; only trainer=fsdp shards.
+        if self.device_mesh is None or self._sharded:
+            return
+        mesh = self.device_mesh["data_parallel"]
+        blocks = [*tokenizer_blocks(self.tokenizer), *self.loss.shardable_modules()]
+        shard_blocks(blocks, mesh)
+        sharded = sum(p.numel() for block in blocks for p in block.parameters())  # whole sizes (DTensor numel)
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        log.info("trainer=fsdp: %d blocks sharded over %d ranks, %.2f M of %.2f M trainable parameters (the rest "
+                 "stays whole on every rank)", len(blocks), mesh.size(), sharded / 1e6, trainable / 1e6)
+        if self.ema is not None:
+            self.ema.shard_like(self.tokenizer)
+        self._sharded = True
+
+    @property
+    def sharded(self) -> bool:
+        """Whether blocks are sharded over ranks (``trainer=fsdp``)."""
+        return self._sharded
+
+    def full_eval_tokenizer(self) -> Tokenizer:
+        """The weights evaluation uses (the EMA when kept) as one whole model. Under ``trainer=fsdp`` the shards are
+        gathered into a fresh copy: a collective, so every rank calls it."""
+        if not self._sharded:
+            return self.eval_tokenizer
+        whole = Tokenizer(**self.tokenizer.config).to(self.device)
+        whole.load_state_dict(full_state_dict(self.eval_tokenizer))
+        return whole.eval().requires_grad_(False)
 
     def on_fit_start(self) -> None:
         if self.ema is not None:
@@ -168,11 +203,14 @@ class TokenizerModule(L.LightningModule):
 
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        if self._sharded:  # FSDP reduced the blocks' gradients; the whole parts are averaged here
+            average_replicated_gradients(p for group in optimizer.param_groups for p in group["params"])
         if self.hparams.grad_clip:
-            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                [*self.tokenizer.parameters(), *self.loss.head_parameters()], self.hparams.grad_clip)
+            clip = clip_grad_norm if self._sharded else torch.nn.utils.clip_grad_norm_
+            logs["grad_norm"] = clip([*self.tokenizer.parameters(), *self.loss.head_parameters()],
+                                     self.hparams.grad_clip)
             if self.loss.discriminator is not None:
-                torch.nn.utils.clip_grad_norm_(self.loss.discriminator.parameters(), self.hparams.grad_clip)
+                clip(self.loss.discriminator.parameters(), self.hparams.grad_clip)
         optimizer.step()
         scheduler.step()
         if self.ema is not None:
@@ -209,12 +247,26 @@ class TokenizerModule(L.LightningModule):
             self.log("usage", logs["train/codebook_usage"], prog_bar=True, on_step=True, logger=False)
 
     # ----------------------------------------------------------------------------------------- validation
+    # Ranks may hold different numbers of validation batches (shards split by rank), so each batch is measured on
+    # its rank alone and the ranks meet once, in on_validation_epoch_end, which every rank reaches.
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of PSNR, images)
+        self._val_tokenizer = self.full_eval_tokenizer()  # whole: per-batch work must not wait for other ranks
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = batch["image"]
-        tokenizer = self.eval_tokenizer
-        reconstruction = tokenizer.decode(tokenizer.encode(images, text=self.text_for(batch, False))).clamp(-1, 1)
-        self.log("val/psnr", psnr(reconstruction, images).mean(), prog_bar=True, sync_dist=True,
-                 batch_size=images.shape[0])
+        tokenizer = self._val_tokenizer or self.eval_tokenizer
+        with local_only():
+            reconstruction = tokenizer.decode(tokenizer.encode(images, text=self.text_for(batch, False)))
+        values = psnr(reconstruction.clamp(-1, 1), images)
+        self._val_sums += torch.stack([values.sum().double(), values.new_tensor(values.numel()).double()])
+
+    def on_validation_epoch_end(self) -> None:
+        self._val_tokenizer = None
+        total, count = all_reduce_sum(self._val_sums).tolist()
+        if count:
+            self.log("val/psnr", total / count, prog_bar=True)  # the same on every rank
+            self.log("val/images", count)  # the same on every rank
 
     # ----------------------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
