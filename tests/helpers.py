@@ -64,3 +64,28 @@ class RecordSplit(L.Callback):
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps({
             "rank": trainer.global_rank, "world_size": trainer.world_size, "num_nodes": trainer.num_nodes,
             "node_rank": trainer.node_rank, "val_keys": self.val_keys}))
+
+
+class KillAtStep(L.Callback):
+    """``kill -9`` of this process once step ``step`` has trained (before its checkpoint is written)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class MarkStep(L.Callback):
+    """Writes ``marker`` once step ``step`` has trained (then training goes on)."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, Path(marker)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            self.marker.write_text(str(self.step))

@@ -90,6 +90,8 @@ def summary(result: dict[str, Any]) -> str:
             lines.append(f"  JPEG at {report['jpeg']['bits_per_pixel']:.4f} bpp: {report['jpeg']['psnr']:.2f} dB; "
                          f"patch-mean tokenizer at {report['patch_mean']['bits_per_pixel']:.4f} bpp: "
                          f"{report['patch_mean']['psnr']:.2f} dB")
+        if report.get("skipped_samples"):
+            lines.append(f"  left out of every metric, unusable samples by kind: {report['skipped_samples']}")
         if "codebook_usage" in report:
             lines.append(f"  codebook usage {report['codebook_usage']:.1%} on held-out images (uniform bound "
                          f"{report['codebook_usage_uniform_bound']:.1%}), perplexity {report['perplexity']:.0f}")

@@ -25,18 +25,21 @@ CARD_METRICS = ("psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity",
 
 
 def export(tokenizer: Tokenizer, out_dir: str | Path, report: dict[str, Any] | None = None,
-           name: str | None = None, source: str | None = None) -> Path:
-    """Write the Hugging Face folder: ``model.safetensors``, ``config.json``, ``README.md``."""
+           name: str | None = None, source: str | None = None, weights_step: int | None = None) -> Path:
+    """Write the Hugging Face folder: ``model.safetensors``, ``config.json``, ``README.md``; ``config.json`` and the
+    card name the training step of the weights (``weights_step``) and of the report (its ``train_steps``)."""
     out = Path(out_dir)
-    extra = {"vtok_version": vtok.__version__}
+    extra: dict[str, Any] = {"vtok_version": vtok.__version__, "weights_step": weights_step}
     if report:
         extra["evaluation"] = {k: report[k] for k in CARD_METRICS if report.get(k) is not None}
+        extra["report_step"] = report.get("train_steps")
     tokenizer.save_pretrained(str(out), extra=extra)
-    (out / "README.md").write_text(model_card(tokenizer, name or out.name, report, source))
+    (out / "README.md").write_text(model_card(tokenizer, name or out.name, report, source, weights_step))
     return out
 
 
-def model_card(tokenizer: Tokenizer, name: str, report: dict[str, Any] | None, source: str | None) -> str:
+def model_card(tokenizer: Tokenizer, name: str, report: dict[str, Any] | None, source: str | None,
+               weights_step: int | None = None) -> str:
     """A model card: what the tokenizer is, how to load it, and its evaluation with the protocol."""
     cfg = tokenizer.config
     params = sum(p.numel() for p in tokenizer.parameters())
@@ -53,13 +56,20 @@ def model_card(tokenizer: Tokenizer, name: str, report: dict[str, Any] | None, s
     ]
     if source:
         lines.append(f"- weights: {source}")
+    if weights_step is not None:
+        lines.append(f"- weights from training step {weights_step}")
     lines += ["", "## Use", "", "```python", "from vtok import Tokenizer", "",
               f'tokenizer = Tokenizer.from_pretrained("{name}")',
               "tokens = tokenizer.encode(images)          # images: (B, 3, H, W) in [-1, 1]",
               "images = tokenizer.decode_indices(tokens.indices)" if tokenizer.vocab_size else
               "images = tokenizer.decode(tokens)", "```", ""]
     if report:
-        lines += ["## Evaluation", "", "| metric | value |", "| --- | --- |"]
+        lines += ["## Evaluation", ""]
+        if report.get("train_steps") is not None:
+            lines += [f"Measured on the weights of training step {report['train_steps']}"
+                      + ("" if weights_step in (None, report["train_steps"]) else
+                         f" (NOT the exported step {weights_step})") + ".", ""]
+        lines += ["| metric | value |", "| --- | --- |"]
         for key in CARD_METRICS:
             if report.get(key) is not None:
                 value = report[key]
@@ -118,8 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     bridge = _bridge_of(Path(args["ckpt"]))
     report_path = Path(args["report"]) if "report" in args else _report_beside(Path(args["ckpt"]))
     report = json.loads(report_path.read_text()) if report_path and report_path.is_file() else None
-    out = export(tokenizer, args["out"], report, name=args.get("name") or args.get("push"), source=source)
+    weights_step = _step_of(Path(args["ckpt"]))
+    out = export(tokenizer, args["out"], report, name=args.get("name") or args.get("push"), source=source,
+                 weights_step=weights_step)
     print(f"exported {source} to {out}" + (f" with the report {report_path}" if report else " (no report found)"))
+    if report and weights_step is not None and report.get("train_steps") not in (None, weights_step):
+        print(f"WARNING: the weights are from step {weights_step} but the report describes step "
+              f"{report['train_steps']}: re-run python -m vtok.eval on this checkpoint for a matching card",
+              file=sys.stderr)
     if bridge is not None:
         from vtok.llm.export import save_bridge
 
@@ -136,6 +152,12 @@ def _bridge_of(ckpt: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | N
     from vtok.llm.export import bridge_from_checkpoint
 
     return bridge_from_checkpoint(torch.load(ckpt, map_location="cpu", weights_only=True))
+
+
+def _step_of(ckpt: Path) -> int | None:
+    if ckpt.suffix != ".ckpt":
+        return None
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
 
 
 def _report_beside(ckpt: Path) -> Path | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,19 @@ log = logging.getLogger(__name__)
 
 
 class ImageFolder(Dataset):
-    """Images under ``root`` (recursively); an unreadable file is replaced by the next readable one.
+    """Images under ``root`` (recursively).
 
     Args:
         root: folder of images.
         transform: crop/flip; its randomness is seeded by ``(seed, index, epoch)``.
-        captions: return ``caption`` from ``NAME.txt`` beside ``NAME.jpg`` ("" when absent).
+        captions: return ``caption`` from ``NAME.txt`` beside ``NAME.jpg`` ("" when absent; bytes that are not UTF-8
+            are replaced and counted).
+        substitute_bad: an unusable file (:class:`~vtok.data.transforms.BadImage`) is replaced by the next usable
+            one (training); ``False`` returns ``{"skipped": kind, "key"}`` instead, which evaluation counts.
     """
 
     def __init__(self, root: str, transform: ImageTransform | None = None, captions: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, substitute_bad: bool = True) -> None:
         self.paths = find_images(root)
         if not self.paths:
             raise FileNotFoundError(f"no images found under {root}")
@@ -33,7 +37,8 @@ class ImageFolder(Dataset):
         self.captions = captions
         self.seed = seed
         self.epoch = 0
-        self.skipped_bad = 0
+        self.substitute_bad = substitute_bad
+        self.counts: Counter[str] = Counter()  # unusable files and caption problems, by kind
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -44,16 +49,28 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         for offset in range(len(self.paths)):
             path = self.paths[(index + offset) % len(self.paths)]
-            try:
-                image = decode_image(path.read_bytes())
-            except BadImage as error:
-                self.skipped_bad += 1
-                log.warning("skipped bad image %s (%s); %d skipped so far", path, error, self.skipped_bad)
-                continue
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            sample: dict[str, Any] = {"image": self.transform(image, rng), "key": path.stem}
+            try:
+                image = self.transform(decode_image(path.read_bytes()), rng)
+            except BadImage as error:
+                self.counts[error.kind] += 1
+                log.warning("skipped %s (%s); so far: %s", path, error, dict(self.counts))
+                if not self.substitute_bad:
+                    return {"skipped": error.kind, "key": path.stem}
+                continue
+            sample: dict[str, Any] = {"image": image, "key": path.stem}
             if self.captions:
-                caption = path.with_suffix(".txt")
-                sample["caption"] = caption.read_text().strip() if caption.exists() else ""
+                sample["caption"] = self._caption(path.with_suffix(".txt"))
             return sample
         raise RuntimeError(f"no readable image under {Path(self.paths[0]).parent}")
+
+    def _caption(self, path: Path) -> str:
+        if not path.exists():
+            return ""
+        data = path.read_bytes()
+        try:
+            return data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            self.counts["caption_not_utf8"] += 1
+            log.warning("%s is not UTF-8: undecodable bytes replaced; so far: %s", path, dict(self.counts))
+            return data.decode("utf-8", errors="replace").strip()

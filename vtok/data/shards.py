@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from tqdm import tqdm
 
 from .transforms import IMAGE_EXTENSIONS, BadImage, decode_image
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class ShardSummary:
@@ -31,6 +34,8 @@ class ShardSummary:
 
     written: int = 0
     skipped: list[str] = field(default_factory=list)
+    skipped_kinds: dict[str, int] = field(default_factory=dict)  # BadImage kinds: undecodable, too_small, ...
+    caption_problems: dict[str, int] = field(default_factory=dict)  # caption_not_utf8
     shards: list[str] = field(default_factory=list)
     bytes: int = 0
     captions: int = 0
@@ -41,8 +46,8 @@ class ShardSummary:
             f"{self.bytes / 1e6:.1f} MB",
         ]
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} unreadable files: " + ", ".join(self.skipped[:10])
-                         + (" ..." if len(self.skipped) > 10 else ""))
+            lines.append(f"skipped {len(self.skipped)} unusable files {self.skipped_kinds}: "
+                         + ", ".join(self.skipped[:10]) + (" ..." if len(self.skipped) > 10 else ""))
         return "\n".join(lines)
 
 
@@ -88,8 +93,9 @@ def write_shards(
             if verify:
                 try:
                     decode_image(data)
-                except BadImage:
+                except BadImage as error:
                     summary.skipped.append(key)
+                    summary.skipped_kinds[error.kind] = summary.skipped_kinds.get(error.kind, 0) + 1
                     continue
             sample = {"__key__": key, ext: data}
             captions = [caption] if isinstance(caption, str) else list(caption or [])
@@ -135,13 +141,23 @@ def folder_items(src: str | Path, captions: dict[str, list[str]] | None = None
     def generate():
         for path in paths:
             caption_path = path.with_suffix(".txt")
-            caption: Caption = caption_path.read_text().strip() if caption_path.exists() else None
+            caption: Caption = _read_caption(caption_path) if caption_path.exists() else None
             if captions is not None:
                 caption = captions.get(path.name) or caption
             key = str(path.relative_to(src).with_suffix("")).replace(os.sep, "__").replace(".", "_")
             yield key, path.read_bytes(), path.suffix.lower().lstrip("."), caption
 
     return generate(), len(paths)
+
+
+def _read_caption(path: Path) -> str:
+    """A sidecar caption as text; bytes that are not UTF-8 are replaced (and the log says which file)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        log.warning("%s is not UTF-8: undecodable bytes replaced", path)
+        return data.decode("utf-8", errors="replace").strip()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,25 +15,61 @@ from torch import Tensor
 
 from vtok.images import to_tensor, to_uint8
 
-__all__ = ["IMAGE_EXTENSIONS", "BadImage", "ImageTransform", "decode_image", "to_tensor", "to_uint8"]
+__all__ = ["IMAGE_EXTENSIONS", "MIN_SIDE", "BadImage", "ImageTransform", "decode_image", "to_rgb", "to_tensor",
+           "to_uint8"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
+# Shorter sides than this are icons or damage, not images to learn from (and a 1x1 image cannot be cut).
+MIN_SIDE = 16
+
+
 class BadImage(ValueError):
-    """An image that cannot be decoded (zero bytes, truncated, not an image)."""
+    """A sample that cannot be used, with its ``kind``: ``empty`` (zero bytes), ``undecodable`` (truncated, not an
+    image, wrong extension with unreadable content), ``too_large`` (a decompression bomb: the declared size exceeds
+    PIL's limit), ``too_small`` (a side under :data:`MIN_SIDE`, or nothing left after the crop), ``no_image``
+    (a sample without an image member)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Bytes -> RGB ``PIL.Image``; raises :class:`BadImage` for empty, truncated or unreadable data."""
+def decode_image(data: bytes, min_side: int = MIN_SIDE) -> Image.Image:
+    """Bytes -> RGB ``PIL.Image`` (every mode converted: see :func:`to_rgb`).
+
+    Raises:
+        BadImage: ``empty``, ``undecodable``, ``too_large`` or ``too_small`` (see :class:`BadImage`).
+    """
     if not data:
-        raise BadImage("zero-byte image")
+        raise BadImage("empty", "zero-byte file")
     try:
         image = Image.open(io.BytesIO(data))
         image.load()  # forces a full decode, so truncated files fail here and not in a worker later
-        return image.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise BadImage("too_large", str(error)) from error
     except Exception as error:  # PIL raises many types for corrupt data
-        raise BadImage(f"{type(error).__name__}: {error}") from error
+        raise BadImage("undecodable", f"{type(error).__name__}: {error}") from error
+    if min(image.size) < min_side:
+        raise BadImage("too_small", f"{image.size[0]}x{image.size[1]} pixels, under {min_side} on a side")
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: 16- and 32-bit greyscale are scaled (not clipped) to 8 bits, transparency is
+    composited onto white, CMYK / palette / greyscale / YCbCr are converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if image.mode == "F" and values.max(initial=0) <= 1.0:
+            top = 1.0
+        image = Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 @dataclass
@@ -64,7 +100,11 @@ class ImageTransform:
             raise ValueError(f"unknown crop mode {self.mode!r}; use random, random_resized, center or full")
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> Tensor:
-        """RGB image -> ``(3, size, size)`` tensor in ``[-1, 1]`` (``(3, H', W')`` for ``"full"``)."""
+        """RGB image -> ``(3, size, size)`` tensor in ``[-1, 1]`` (``(3, H', W')`` for ``"full"``).
+
+        Raises:
+            BadImage: ``too_small`` when ``"full"`` leaves nothing of the image.
+        """
         if self.mode == "random":
             image = self._random_crop(image, rng)
         elif self.mode == "random_resized":
@@ -74,6 +114,9 @@ class ImageTransform:
         else:
             w, h = image.size
             cw, ch = w - w % self.multiple, h - h % self.multiple
+            if not cw or not ch:
+                raise BadImage("too_small", f"{w}x{h} pixels: nothing left after cutting to a multiple of "
+                                            f"{self.multiple}")
             image = image.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
         if self.flip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

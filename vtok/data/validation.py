@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sized
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from vtok.distributed import rank_and_world_size, rank_share
@@ -32,13 +33,26 @@ class RankShare(IterableDataset):
 
 def collate_same_size(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack sample dicts into a batch (``image``: ``(B, 3, H, W)``), or say why images of different sizes
-    cannot share one (whole-image evaluation of photos of different sizes)."""
+    cannot share one (whole-image evaluation of photos of different sizes).
+
+    Samples the dataset could not use arrive as ``{"skipped": kind, "key"}``: they are left out and counted in
+    ``batch["skipped"]`` (``{kind: count}``); a batch of only such samples has ``image`` of shape ``(0, 3, 1, 1)``.
+    """
+    skipped: dict[str, int] = {}
+    for sample in samples:
+        if "skipped" in sample:
+            skipped[sample["skipped"]] = skipped.get(sample["skipped"], 0) + 1
+    samples = [sample for sample in samples if "skipped" not in sample]
+    if not samples:
+        return {"image": torch.zeros(0, 3, 1, 1), "key": [], "skipped": skipped}
     shapes = sorted({tuple(sample["image"].shape) for sample in samples})
     if len(shapes) > 1:
         raise ValueError(f"validation images of different sizes in one batch ({shapes[0]} and {shapes[-1]}): "
                          "whole images (data.val_crop=full) go one at a time, set "
                          "data.val_batch_size=1")
-    return default_collate(samples)
+    batch = default_collate(samples)
+    batch["skipped"] = skipped
+    return batch
 
 
 def build_dataset(source: Any) -> Dataset:

@@ -12,6 +12,7 @@ import glob
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,7 +100,7 @@ class ShardDataset(IterableDataset):
         self.batch_size = 1
         self.skip_positions: dict[int, int] | None = None
         self._split_checked = False
-        self.skipped_bad = 0
+        self.counts: Counter[str] = Counter()  # skipped samples and caption problems, by kind (this worker)
         self.decode_cache = decode_cache
         self._decoded: dict[str, Any] = {}
         self._small_shards: dict[str, list[dict[str, Any]]] = {}
@@ -175,6 +176,15 @@ class ShardDataset(IterableDataset):
         while buffer:
             yield buffer.pop(int(rng.integers(len(buffer))))
 
+    def _caption(self, raw: dict[str, Any], rng: np.random.Generator | None) -> str:
+        caption, problem = _caption(raw, rng)
+        if problem is not None:
+            self.counts[problem] += 1
+            if problem == "caption_not_utf8" or self.counts[problem] == 1:
+                log.warning("sample %s in %s: %s (kept, caption %r); so far on this worker: %s", raw.get("__key__"),
+                            raw.get("__url__"), problem, caption[:60], dict(self.counts))
+        return caption
+
     def _decode(self, raw: dict[str, Any], image_key: str) -> Any:
         if not self.decode_cache:
             return decode_image(raw[image_key])
@@ -200,20 +210,23 @@ class ShardDataset(IterableDataset):
             if position <= skip:
                 continue
             image_key = next((k for k in _IMAGE_KEYS if k in raw), None)
-            if image_key is None:
-                continue
             rng = np.random.default_rng([self.seed, self.epoch, rank, worker, 3, position])
+            key = raw.get("__key__", "")
             try:
-                image = self._decode(raw, image_key)
+                if image_key is None:
+                    members = sorted(k for k in raw if not k.startswith("__"))
+                    raise BadImage("no_image", f"members {members}")
+                image = self.transform(self._decode(raw, image_key), rng)
             except BadImage as error:
-                self.skipped_bad += 1
-                log.warning("skipped bad image %s in %s (%s); %d skipped so far on this worker",
-                            raw.get("__key__"), raw.get("__url__"), error, self.skipped_bad)
+                self.counts[error.kind] += 1
+                log.warning("skipped sample %s in %s (%s); skipped so far on this worker: %s", key,
+                            raw.get("__url__"), error, dict(self.counts))
+                if not self.resampled:  # evaluation: the batch collation counts it for the report
+                    yield {"skipped": error.kind, "key": key}
                 continue
-            sample = {"image": self.transform(image, rng), "key": raw.get("__key__", ""),
-                      "stream_worker": worker, "stream_position": position}
+            sample = {"image": image, "key": key, "stream_worker": worker, "stream_position": position}
             if self.captions:
-                sample["caption"] = _caption(raw, rng if self.resampled else None)
+                sample["caption"] = self._caption(raw, rng if self.resampled else None)
                 prompt = _prompt(raw)
                 if prompt is not None:
                     sample["prompt"] = prompt
@@ -223,26 +236,37 @@ class ShardDataset(IterableDataset):
                 return
 
 
+def _meta(raw: dict[str, Any]) -> dict[str, Any]:
+    """The sample's ``json`` member as a dict (``{}`` when absent or not a UTF-8 JSON object)."""
+    try:
+        meta = json.loads(raw["json"]) if "json" in raw else {}
+    except ValueError:  # invalid JSON or not UTF-8
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _prompt(raw: dict[str, Any]) -> str | None:
     """An instruction sample's ``prompt`` (``json`` with ``prompt`` and ``answer``), else ``None``."""
-    if "json" not in raw:
-        return None
-    prompt = json.loads(raw["json"]).get("prompt")
+    prompt = _meta(raw).get("prompt")
     return str(prompt) if prompt is not None else None
 
 
-def _caption(raw: dict[str, Any], rng: np.random.Generator | None) -> str:
+def _caption(raw: dict[str, Any], rng: np.random.Generator | None) -> tuple[str, str | None]:
     """The sample's caption: an instruction sample's ``answer``; with several (``json`` ``captions``), a random
-    one per training visit (``rng``) and the first in evaluation; else ``txt``; else ``""``."""
+    one per training visit (``rng``) and the first in evaluation; else ``txt``; else ``""``. Returns
+    ``(caption, problem)`` with problem ``caption_not_utf8`` (bytes replaced), ``no_caption`` or ``None``."""
     if "json" in raw:
-        meta = json.loads(raw["json"])
+        meta = _meta(raw)
         if "answer" in meta:
-            return str(meta["answer"]).strip()
+            return str(meta["answer"]).strip(), None
         caption = meta.get("captions", meta.get("caption", ""))
         if isinstance(caption, list) and caption:
-            return str(caption[int(rng.integers(len(caption)))] if rng is not None else caption[0]).strip()
+            return str(caption[int(rng.integers(len(caption)))] if rng is not None else caption[0]).strip(), None
         if caption:
-            return str(caption).strip()
+            return str(caption).strip(), None
     if "txt" in raw:
-        return raw["txt"].decode("utf-8").strip()
-    return ""
+        try:
+            return raw["txt"].decode("utf-8").strip(), None
+        except UnicodeDecodeError:
+            return raw["txt"].decode("utf-8", errors="replace").strip(), "caption_not_utf8"
+    return "", "no_caption"

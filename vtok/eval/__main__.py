@@ -59,8 +59,11 @@ def _evaluate(cfg: DictConfig, device: torch.device) -> dict:
     dataset = build_dataset(instantiate(cfg.data.val))
     loader = validation_loader(dataset, cfg.data.val_batch_size, cfg.data.get("num_workers", 1))
     out = Path(cfg.out) if cfg.out else default_out_dir(Path(str(cfg.ckpt)), Path(cfg.paths.output_dir))
-    report = evaluate_from_config(tokenizer, loader, cfg.eval, cfg.data, out,
-                                  extra={"checkpoint": str(cfg.ckpt), "weights": source}, device=device)
+    extra: dict[str, Any] = {"checkpoint": str(cfg.ckpt), "weights": source}
+    if str(cfg.ckpt).endswith(".ckpt"):  # the step the evaluated weights come from, which an export names
+        extra["train_steps"] = int(torch.load(str(cfg.ckpt), map_location="cpu", weights_only=True,
+                                              mmap=True).get("global_step", 0))
+    report = evaluate_from_config(tokenizer, loader, cfg.eval, cfg.data, out, extra=extra, device=device)
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         summary = {k: report.get(k) for k in ("num_images", "psnr", "ssim", "lpips", "rfid", "codebook_usage",
                                                "bits_per_pixel")}

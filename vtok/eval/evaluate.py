@@ -193,6 +193,7 @@ def evaluate(
     meter = EvaluationMeter(tokenizer, fid, lpips, target_psnr, keep_images=baseline_max_images,
                             grid_images=grid_images)
     semantic = SemanticMeter(tokenizer, terms or {})
+    skipped: dict[str, int] = {}  # unusable samples by kind (undecodable, too_small, ...), left out of every metric
     if tokenizer.condition_dim is not None and text_encoder is None:
         raise ValueError("this tokenizer is conditioned on captions: evaluating it needs the run's text encoder "
                          "(evaluate after training, with evaluate=true)")
@@ -201,7 +202,11 @@ def evaluate(
     for sample in tqdm(images, desc="evaluating", unit="batch", disable=None if rank() == 0 else True):
         if max_images is not None and meter.totals["images"] >= max_images:
             break
+        for kind, count in (sample.get("skipped") or {}).items():
+            skipped[kind] = skipped.get(kind, 0) + int(count)
         batch = sample["image"]
+        if not batch.shape[0]:
+            continue
         batch = (batch[None] if batch.ndim == 3 else batch).to(meter.device)
         captions = sample.get("caption")
         captions = [captions] if isinstance(captions, str) else captions
@@ -218,6 +223,11 @@ def evaluate(
     meter.gather()
     semantic.gather()
     report = meter.summary()
+    totals: dict[str, int] = {}
+    for part in gather_list([skipped]):
+        for kind, count in part.items():
+            totals[kind] = totals.get(kind, 0) + count
+    report["skipped_samples"] = totals
     report.update(semantic.report())
     if baselines and report["bits_per_pixel"] > 0 and meter.kept and rank() == 0:
         report.update(meter.baselines(report))

@@ -13,9 +13,15 @@ to fetch a repo id.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from .errors import InvalidPretrainedError, InvalidWeightsError, UnsafeConfigError
+from .safetensors_header import check_fits, read_header
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -23,9 +29,19 @@ FORMAT = "vtok-tokenizer"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")  # e.g. os.system, torch.nn.Linear
 
+# Bounds on what a config may ask vtok to build, checked before anything is built.
+MAX_CONFIG_BYTES = 2**20
+MAX_DEPTH = 16                 # nesting of dicts and lists
+MAX_LIST = 64                  # entries of one list (channel multipliers, FSQ levels)
+MAX_INT = 2**24                # any size (widths, codebook sizes)
+MAX_COUNT = 1024               # repeated structure: blocks, layers, heads, groups, stages
+COUNT_KEYS = ("num_res_blocks", "depth", "heads", "num_heads", "layers", "num_layers", "groups", "num_tokens")
+# The model a config builds may hold at most this many bytes beyond what its weights file holds (buffers computed
+# at construction, such as position tables), so a small file cannot make vtok allocate a huge model.
+MAX_EXTRA_BYTES = 256 * 2**20
 
-class UnsafeConfigError(ValueError):
-    """A pretrained config asks for something outside vtok's allowlists."""
+__all__ = ["InvalidPretrainedError", "InvalidWeightsError", "UnsafeConfigError", "load_pretrained",
+           "save_pretrained"]
 
 
 def families() -> dict[str, type]:
@@ -63,7 +79,10 @@ def save_pretrained(tokenizer: Any, out_dir: str | Path, extra: dict[str, Any] |
 
 
 def check_config(config: dict[str, Any]) -> None:
-    """Raise :class:`UnsafeConfigError` unless ``config`` names an allowlisted family and no import paths."""
+    """Raise :class:`UnsafeConfigError` unless ``config`` names an allowlisted family and no import paths, and
+    :class:`InvalidPretrainedError` unless its values are within vtok's bounds (sizes, counts, nesting)."""
+    if not isinstance(config, dict):
+        raise InvalidPretrainedError(f"config.json holds a {type(config).__name__}, not an object")
     if config.get("format") != FORMAT:
         raise UnsafeConfigError(f"config.json is not a vtok tokenizer (format={config.get('format')!r}, "
                                 f"expected {FORMAT!r})")
@@ -71,6 +90,83 @@ def check_config(config: dict[str, Any]) -> None:
         raise UnsafeConfigError(f"unknown tokenizer family {config.get('family')!r}; vtok loads only "
                                 f"{sorted(families())}")
     check_plain(config, "config")
+    check_bounds(config.get("tokenizer"), "config.tokenizer")
+    if not isinstance(config.get("tokenizer"), dict):
+        raise InvalidPretrainedError("config.tokenizer must be an object of encoder/quantizer/decoder settings")
+
+
+def check_bounds(value: Any, where: str, depth: int = 0, key: str = "") -> None:
+    """Raise :class:`InvalidPretrainedError` for values past :data:`MAX_DEPTH`, :data:`MAX_LIST`, :data:`MAX_INT`
+    (:data:`MAX_COUNT` for :data:`COUNT_KEYS`), and non-finite numbers."""
+    if depth > MAX_DEPTH:
+        raise InvalidPretrainedError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for k, item in value.items():
+            check_bounds(item, f"{where}.{k}", depth + 1, str(k))
+    elif isinstance(value, list):
+        if len(value) > MAX_LIST:
+            raise InvalidPretrainedError(f"{where}: {len(value)} entries, at most {MAX_LIST}")
+        for i, item in enumerate(value):
+            check_bounds(item, f"{where}[{i}]", depth + 1, key)
+    elif isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    elif isinstance(value, int):
+        limit = MAX_COUNT if key in COUNT_KEYS else MAX_INT
+        if abs(value) > limit:
+            raise InvalidPretrainedError(f"{where} = {value}: vtok builds sizes up to {limit:,}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise InvalidPretrainedError(f"{where} = {value}: not a finite number")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """``config.json`` parsed, bounded in size and nesting.
+
+    Raises:
+        InvalidPretrainedError: too large, not UTF-8 JSON, or nested too deep.
+    """
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise InvalidPretrainedError(f"{path}: {path.stat().st_size} bytes, at most {MAX_CONFIG_BYTES}")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidPretrainedError(f"{path} is not valid UTF-8 JSON ({type(error).__name__})") from error
+
+
+def build_checked(family: type, settings: dict[str, Any], weight_bytes: int | None = None
+                  ) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Build ``family(**settings)`` once on the meta device (no memory), check the size it implies, then for real.
+
+    Returns:
+        ``(model, the state dict it expects)`` (the latter on the meta device: names, shapes, dtypes).
+
+    Args:
+        weight_bytes: size of the weights file that will fill the model: the model may not need more than that
+            plus :data:`MAX_EXTRA_BYTES`.
+
+    Raises:
+        InvalidPretrainedError: the settings do not build a model (any exception in a constructor), or the model
+            is larger than its weights allow.
+    """
+    try:
+        with torch.device("meta"):
+            meta = family(**settings)
+    except InvalidPretrainedError:
+        raise
+    except Exception as error:  # a constructor's own complaint about its arguments, whatever its type
+        raise InvalidPretrainedError(f"config.tokenizer does not describe a buildable tokenizer: "
+                                     f"{type(error).__name__}: {str(error)[:300]}") from error
+    tensors = [*meta.parameters(), *meta.buffers()]
+    needed = sum(t.numel() * t.element_size() for t in tensors)
+    if weight_bytes is not None and needed > weight_bytes + MAX_EXTRA_BYTES:
+        raise InvalidPretrainedError(f"config.tokenizer describes a model of {needed / 2**20:,.0f} MB, far more than "
+                                     f"its weights file holds ({weight_bytes / 2**20:,.0f} MB)")
+    expected = meta.state_dict()
+    try:
+        model = family(**settings)
+    except Exception as error:
+        raise InvalidPretrainedError(f"config.tokenizer does not build: {type(error).__name__}: "
+                                     f"{str(error)[:300]}") from error
+    return model, expected
 
 
 def check_plain(value: Any, where: str, file_keys: tuple[str, ...] = ()) -> None:
@@ -97,8 +193,13 @@ def check_plain(value: Any, where: str, file_keys: tuple[str, ...] = ()) -> None
 def load_pretrained(path_or_repo: str | Path, device: str = "cpu", revision: str | None = None) -> Any:
     """A tokenizer from an exported folder or a Hugging Face repo id, in eval mode.
 
+    The config is parsed with bounds, checked against the allowlists, built on the meta device to learn the shapes
+    and size it implies, and compared with the safetensors header before any real tensor is allocated.
+
     Raises:
         UnsafeConfigError: the config names an unknown family/kind, an import path, or instantiation keys.
+        InvalidWeightsError: the weights file is malformed or does not fit the config (names, shapes, dtypes).
+        InvalidPretrainedError: (the base of both) anything else wrong with the config: bounds, types, values.
         FileNotFoundError: no ``config.json``, or only pickled weights (never loaded).
     """
     from safetensors.torch import load_file
@@ -115,10 +216,17 @@ def load_pretrained(path_or_repo: str | Path, device: str = "cpu", revision: str
                 "folder because unpickling runs code; convert them with `vtok-export` where you trust the file."
                 if pickles else "")
         raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}.{hint}")
-    config = json.loads(config_file.read_text())
+    config = read_config(config_file)
     check_config(config)
-    tokenizer = families()[config["family"]](**config["tokenizer"])
-    tokenizer.load_state_dict(load_file(str(weights_file), device="cpu"), strict=True)
+    header = read_header(weights_file)
+    tokenizer, expected = build_checked(families()[config["family"]], config["tokenizer"],
+                                        weights_file.stat().st_size)
+    check_fits(header, expected, weights_file)
+    try:
+        state = load_file(str(weights_file), device="cpu")
+    except Exception as error:  # the header was checked; anything left is a damaged file
+        raise InvalidWeightsError(f"{weights_file} cannot be read: {type(error).__name__}: {error}") from error
+    tokenizer.load_state_dict(state, strict=True)
     return tokenizer.to(device).eval()
 
 

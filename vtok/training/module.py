@@ -33,6 +33,10 @@ from .sharding import average_replicated_gradients, clip_grad_norm, full_state_d
 log = logging.getLogger(__name__)
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive training steps had a NaN or infinite loss or gradient."""
+
+
 class TokenizerModule(L.LightningModule):
     """Trains ``tokenizer`` against ``loss``.
 
@@ -53,6 +57,9 @@ class TokenizerModule(L.LightningModule):
         usage_window: batches over which codebook usage is counted for logging.
         freeze_tokenizer: keep the tokenizer exactly as it is (no gradient, no codebook or EMA update, eval mode
             in every step): for stages that train only what reads its tokens (an LLM's projector).
+        max_bad_steps: a step whose loss or gradient is NaN or infinite is skipped (no optimiser, EMA or codebook
+            update; counted as ``train/skipped_steps``); after this many in a row the run stops with an error
+            naming the step and the last good checkpoint. 0 turns the check off.
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class TokenizerModule(L.LightningModule):
         ema_decay: float | None = 0.999,
         usage_window: int = 100,
         freeze_tokenizer: bool = False,
+        max_bad_steps: int = 20,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer", "loss"])
@@ -91,6 +99,8 @@ class TokenizerModule(L.LightningModule):
         self._last_step_time: float | None = None
         self._pending_rng: dict[str, Any] | None = None
         self.train_seconds = 0.0  # wall time spent in training steps, across resumes
+        self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, across resumes
+        self._bad_in_a_row = 0
 
     # ----------------------------------------------------------------------------------------------- setup
     def configure_optimizers(self):
@@ -185,6 +195,7 @@ class TokenizerModule(L.LightningModule):
 
         text = self.text_for(batch)
         condition = text if self.tokenizer.condition_dim is not None else None
+        state_before = self._in_forward_state() if self.hparams.max_bad_steps else {}
         if self.freeze_tokenizer:
             self.tokenizer.eval()
             with torch.no_grad():
@@ -205,12 +216,16 @@ class TokenizerModule(L.LightningModule):
         self.manual_backward(loss)
         if self._sharded:  # FSDP reduced the blocks' gradients; the whole parts are averaged here
             average_replicated_gradients(p for group in optimizer.param_groups for p in group["params"])
-        if self.hparams.grad_clip:
-            clip = clip_grad_norm if self._sharded else torch.nn.utils.clip_grad_norm_
-            logs["grad_norm"] = clip([*self.tokenizer.parameters(), *self.loss.head_parameters()],
-                                     self.hparams.grad_clip)
-            if self.loss.discriminator is not None:
-                clip(self.loss.discriminator.parameters(), self.hparams.grad_clip)
+        clip = clip_grad_norm if self._sharded else torch.nn.utils.clip_grad_norm_
+        # max_norm=inf measures without clipping: the norm is also what tells a non-finite gradient
+        logs["grad_norm"] = clip([*self.tokenizer.parameters(), *self.loss.head_parameters()],
+                                 self.hparams.grad_clip or float("inf"))
+        d_norm = (clip(self.loss.discriminator.parameters(), self.hparams.grad_clip or float("inf"))
+                  if self.loss.discriminator is not None else logs["grad_norm"])
+        if self.hparams.max_bad_steps and self._is_bad_step(loss, logs["grad_norm"], d_norm):
+            self._skip_step(optimizer, scheduler, state_before, step)
+            return loss.detach()
+        self._bad_in_a_row = 0
         optimizer.step()
         scheduler.step()
         if self.ema is not None:
@@ -218,6 +233,46 @@ class TokenizerModule(L.LightningModule):
 
         self._log_step(images, output, logs)
         return loss.detach()
+
+    # ---------------------------------------------------------------------------------- non-finite steps
+    def _in_forward_state(self) -> dict[str, Tensor]:
+        """What a forward pass changes in place (the bottleneck's codebook and statistics, buffers of tokenizer and
+        loss), copied so that a step that turns out non-finite can be undone."""
+        state = {f"quantizer.{k}": v for k, v in self.tokenizer.quantizer.state_dict(keep_vars=True).items()}
+        state.update({f"tokenizer.{k}": v for k, v in self.tokenizer.named_buffers()})
+        state.update({f"loss.{k}": v for k, v in self.loss.named_buffers()})
+        return {k: v.detach().clone() for k, v in state.items()}
+
+    def _restore_in_forward_state(self, saved: dict[str, Tensor]) -> None:
+        current = {f"quantizer.{k}": v for k, v in self.tokenizer.quantizer.state_dict(keep_vars=True).items()}
+        current.update({f"tokenizer.{k}": v for k, v in self.tokenizer.named_buffers()})
+        current.update({f"loss.{k}": v for k, v in self.loss.named_buffers()})
+        with torch.no_grad():
+            for name, value in saved.items():
+                current[name].copy_(value)
+
+    def _is_bad_step(self, loss: Tensor, *norms: Tensor) -> bool:
+        values = torch.stack([loss.detach().float(), *(n.detach().float().to(loss.device) for n in norms)])
+        bad = (~torch.isfinite(values)).any().float().reshape(1)
+        return bool(all_reduce_sum(bad).item())  # every rank skips the same steps
+
+    def _skip_step(self, optimizer, scheduler, state_before: dict[str, Tensor], step: int) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.step()  # no parameter has a gradient: nothing moves, only the step count advances
+        scheduler.step()
+        self._restore_in_forward_state(state_before)
+        self.skipped_steps += 1
+        self._bad_in_a_row += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        log.warning("step %d: non-finite loss or gradient, step skipped (no optimiser, EMA or codebook update); "
+                    "%d in a row, %d in this run", step, self._bad_in_a_row, self.skipped_steps)
+        if self._bad_in_a_row >= self.hparams.max_bad_steps:
+            last = self._trainer.checkpoint_callback.last_model_path if self._trainer is not None and \
+                self._trainer.checkpoint_callback is not None else ""
+            raise NonFiniteTrainingError(
+                f"{self._bad_in_a_row} steps in a row (up to step {step}) had a non-finite loss or gradient: the run "
+                f"diverged. The last good checkpoint is {last or 'not written yet'}; lower module.lr or raise "
+                f"module.warmup_steps, then resume (module.max_bad_steps sets how many are tolerated)")
 
     def _log_step(self, images: Tensor, output, logs: dict[str, Tensor]) -> None:
         logs = {f"train/{k}": v for k, v in logs.items()}
@@ -255,6 +310,8 @@ class TokenizerModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = batch["image"]
+        if not images.shape[0]:  # every sample of the batch was unusable (counted by the collation)
+            return
         tokenizer = self._val_tokenizer or self.eval_tokenizer
         with local_only():
             reconstruction = tokenizer.decode(tokenizer.encode(images, text=self.text_for(batch, False)))
@@ -277,12 +334,14 @@ class TokenizerModule(L.LightningModule):
         records = {name: term.checkpoint_record() for name, term in self.loss.terms.items()}
         checkpoint["loss_terms"] = {name: record for name, record in records.items() if record is not None}
         checkpoint["train_seconds"] = self.train_seconds
+        checkpoint["skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
         self._pending_rng = checkpoint.get("rng")
         self.train_seconds = checkpoint.get("train_seconds", 0.0)
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
 
 
 def _get_rng_state() -> dict[str, Any]:

@@ -15,7 +15,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vtok.checkpoint import load_tokenizer
+from vtok.config_checks import check_run_config
 
+from .checkpoint_io import newest_good_checkpoint, read_checkpoint
 from .module import TokenizerModule
 from .progress import route_lightning_logs
 
@@ -30,25 +32,31 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 
 
 def resolve_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint to resume from: ``ckpt_path``, or ``last.ckpt`` of the run dir with ``resume=auto``.
+    """The checkpoint to resume from: ``ckpt_path``, or with ``resume=auto`` the run dir's ``last.ckpt``, or when
+    that cannot be read (a truncated file), the readable checkpoint with the highest step (the log says so).
 
     Raises:
         FileExistsError: the run dir already has checkpoints and neither resume nor overwrite was asked.
         FileNotFoundError: ``ckpt_path`` does not exist.
+        UnreadableCheckpointError: ``ckpt_path`` is truncated or corrupt (naming the file).
         ValueError: an unknown ``resume`` value.
     """
     checkpoints = Path(cfg.paths.run_dir) / "checkpoints"
     last = checkpoints / "last.ckpt"
     if cfg.ckpt_path:
-        if not Path(cfg.ckpt_path).is_file():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
+        read_checkpoint(cfg.ckpt_path)  # a missing or damaged file is named before anything is built
         return str(cfg.ckpt_path)
     if cfg.resume not in (None, "auto"):
         raise ValueError(f"resume={cfg.resume!r}: use resume=auto, or ckpt_path=PATH for a given checkpoint")
     if cfg.resume == "auto":
-        if last.is_file():
-            return str(last)
-        log.info("resume=auto: no %s yet, starting a new run", last)
+        chosen, skipped = newest_good_checkpoint(checkpoints)
+        for reason in skipped:
+            log.warning("resume=auto: skipping %s", reason)
+        if chosen is not None:
+            if chosen != last:
+                log.warning("resume=auto: resuming from %s, the newest readable checkpoint", chosen)
+            return str(chosen)
+        log.info("resume=auto: no readable checkpoint in %s yet, starting a new run", checkpoints)
         return None
     if last.is_file():
         if not cfg.overwrite:
@@ -111,6 +119,7 @@ def load_stage(module: TokenizerModule, path: str) -> None:
 def fit(cfg: DictConfig) -> tuple[TokenizerModule, L.LightningDataModule, L.Trainer]:
     """Fit the configured tokenizer (resuming as ``cfg`` asks); returns what was built, trained."""
     route_lightning_logs()
+    check_run_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_checkpoint(cfg)
     module, datamodule, trainer = build(cfg)
