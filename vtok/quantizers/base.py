@@ -9,6 +9,7 @@ statistics for logging.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -72,7 +73,7 @@ class Quantizer(nn.Module):
         """Bits one token carries without entropy coding (``log2(codebook_size)``), 0 when continuous."""
         if self.codebook_size is None:
             return 0.0
-        return float(torch.tensor(float(self.codebook_size)).log2())
+        return math.log2(self.codebook_size)
 
     def forward(self, z: Tensor) -> QuantizerOutput:  # pragma: no cover - interface
         raise NotImplementedError

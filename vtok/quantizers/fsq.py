@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -30,7 +31,7 @@ class FSQ(Quantizer):
         super().__init__()
         self.levels = list(levels)
         self.in_dim = self.out_dim = dim or len(self.levels)
-        self.codebook_size = int(torch.tensor(self.levels).prod())
+        self.codebook_size = math.prod(self.levels)
         d = len(self.levels)
         self.project_in = nn.Linear(self.in_dim, d) if self.in_dim != d else nn.Identity()
         self.project_out = nn.Linear(d, self.out_dim) if self.out_dim != d else nn.Identity()

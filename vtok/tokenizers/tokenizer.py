@@ -11,6 +11,7 @@ names an import path and loading a saved tokenizer never runs code the file choo
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -125,7 +126,7 @@ class Tokenizer(nn.Module):
         """Tokens per image of ``image_size`` (default: the training size)."""
         size = image_size or self.image_size
         size = (size, size) if isinstance(size, int) else tuple(size)
-        return int(torch.tensor(self.encoder.grid_shape(size)).prod())
+        return math.prod(self.encoder.grid_shape(size))
 
     @property
     def flexible(self) -> bool:
