@@ -35,10 +35,11 @@ lint: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# Quantizer speed/memory against vector-quantize-pytorch (results: bench/RESULTS.md).
+# Quantizer speed/memory against vector-quantize-pytorch, whole train steps against diffusers (bench/RESULTS.md).
 bench: install
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) bench/quantizers.py --repeats 3
+	$(PY) bench/train_step.py --repeats 5
 
 clean:
 	rm -rf outputs data/samples .pytest_cache
