@@ -34,6 +34,14 @@ def _integer(test: Callable[[int], bool]) -> Callable[[Any], bool]:
     return lambda value: isinstance(value, int) and not isinstance(value, bool) and test(value)
 
 
+def _integers(test: Callable[[int], bool]) -> Callable[[Any], bool]:
+    """A non-empty list of integers that each pass ``test``."""
+    return lambda value: isinstance(value, list) and len(value) > 0 and all(_integer(test)(n) for n in value)
+
+
+LEVELS: Rule = ("quantizer.levels", _integers(lambda n: n >= 2), "a non-empty list of integers >= 2 (FSQ levels "
+                "per channel)")
+
 RULES: list[Rule] = [
     ("module.lr", _number(lambda v: v > 0), "a number > 0"),
     ("module.disc_lr", _number(lambda v: v > 0), "a number > 0 (or null: module.lr)"),
@@ -57,21 +65,18 @@ RULES: list[Rule] = [
     ("quantizer.codebook_size", _integer(lambda v: v >= 2), "an integer >= 2"),
     ("quantizer.codebook_dim", _integer(lambda v: v >= 1), "an integer >= 1"),
     ("quantizer.bits", _integer(lambda v: 1 <= v <= 64), "an integer in 1..64 (a token id is one int64)"),
-    ("quantizer.levels", lambda v: isinstance(v, list) and len(v) > 0 and
-     all(_integer(lambda n: n >= 2)(n) for n in v), "a non-empty list of integers >= 2 (FSQ levels per channel)"),
+    LEVELS,
     ("quantizer.depth", _integer(lambda v: v >= 1), "an integer >= 1 (residual stages)"),
     ("quantizer.groups", _integer(lambda v: v >= 1), "an integer >= 1"),
     ("quantizer.quantizer.codebook_size", _integer(lambda v: v >= 2), "an integer >= 2"),
-    ("quantizer.quantizer.levels", lambda v: isinstance(v, list) and len(v) > 0 and
-     all(_integer(lambda n: n >= 2)(n) for n in v), "a non-empty list of integers >= 2 (FSQ levels per channel)"),
+    ("quantizer.quantizer.levels", *LEVELS[1:]),
     ("quantizer.latent_dim", _integer(lambda v: v >= 1), "an integer >= 1"),
     ("arch.width", _integer(lambda v: v >= 1), "an integer >= 1"),
     ("arch.depth", _integer(lambda v: v >= 0), "an integer >= 0"),
     ("arch.heads", _integer(lambda v: v >= 1), "an integer >= 1"),
     ("arch.patch_size", _integer(lambda v: v >= 1), "an integer >= 1"),
     ("arch.num_tokens", _integer(lambda v: v >= 1), "an integer >= 1"),
-    ("arch.channel_mult", lambda v: isinstance(v, list) and len(v) > 0 and
-     all(_integer(lambda n: n >= 1)(n) for n in v), "a non-empty list of integers >= 1"),
+    ("arch.channel_mult", _integers(lambda n: n >= 1), "a non-empty list of integers >= 1"),
 ]
 
 
