@@ -34,6 +34,11 @@ def _integer(test: Callable[[int], bool]) -> Callable[[Any], bool]:
     return lambda value: isinstance(value, int) and not isinstance(value, bool) and test(value)
 
 
+def _at_least(n: int) -> tuple[Callable[[Any], bool], str]:
+    """``(test, words)`` of an integer ``>= n``."""
+    return _integer(lambda v: v >= n), f"an integer >= {n}"
+
+
 def _integers(test: Callable[[int], bool]) -> Callable[[Any], bool]:
     """A non-empty list of integers that each pass ``test``."""
     return lambda value: isinstance(value, list) and len(value) > 0 and all(_integer(test)(n) for n in value)
@@ -46,36 +51,36 @@ RULES: list[Rule] = [
     ("module.lr", _number(lambda v: v > 0), "a number > 0"),
     ("module.disc_lr", _number(lambda v: v > 0), "a number > 0 (or null: module.lr)"),
     ("module.weight_decay", _number(lambda v: v >= 0), "a number >= 0"),
-    ("module.warmup_steps", _integer(lambda v: v >= 0), "an integer >= 0"),
+    ("module.warmup_steps", *_at_least(0)),
     ("module.min_lr_ratio", _number(lambda v: 0 <= v <= 1), "a number in [0, 1]"),
-    ("module.total_steps", _integer(lambda v: v >= 1), "an integer >= 1"),
+    ("module.total_steps", *_at_least(1)),
     ("module.time_budget", _number(lambda v: v > 0), "seconds > 0 (or null: no budget)"),
     ("module.grad_clip", _number(lambda v: v >= 0), "a number >= 0 (0: no clipping)"),
     ("module.ema_decay", _number(lambda v: 0 <= v < 1), "a number in [0, 1) (or null: no EMA)"),
     ("module.max_bad_steps", _integer(lambda v: v >= 0), "an integer >= 0 (0: no check)"),
-    ("trainer.max_steps", _integer(lambda v: v >= 1), "an integer >= 1"),
+    ("trainer.max_steps", *_at_least(1)),
     ("trainer.val_check_interval", _number(lambda v: v > 0), "steps (an integer >= 1) or a fraction in (0, 1]"),
     ("trainer.devices", lambda v: v == "auto" or _integer(lambda n: n >= 1)(v) or isinstance(v, list),
      "auto, an integer >= 1 or a list of device ids"),
-    ("trainer.num_nodes", _integer(lambda v: v >= 1), "an integer >= 1"),
+    ("trainer.num_nodes", *_at_least(1)),
     ("data.image_size", _integer(lambda v: v >= 8), "an integer >= 8 (pixels)"),
-    ("data.batch_size", _integer(lambda v: v >= 1), "an integer >= 1"),
-    ("data.val_batch_size", _integer(lambda v: v >= 1), "an integer >= 1"),
-    ("data.num_workers", _integer(lambda v: v >= 0), "an integer >= 0"),
-    ("quantizer.codebook_size", _integer(lambda v: v >= 2), "an integer >= 2"),
-    ("quantizer.codebook_dim", _integer(lambda v: v >= 1), "an integer >= 1"),
+    ("data.batch_size", *_at_least(1)),
+    ("data.val_batch_size", *_at_least(1)),
+    ("data.num_workers", *_at_least(0)),
+    ("quantizer.codebook_size", *_at_least(2)),
+    ("quantizer.codebook_dim", *_at_least(1)),
     ("quantizer.bits", _integer(lambda v: 1 <= v <= 64), "an integer in 1..64 (a token id is one int64)"),
     LEVELS,
     ("quantizer.depth", _integer(lambda v: v >= 1), "an integer >= 1 (residual stages)"),
-    ("quantizer.groups", _integer(lambda v: v >= 1), "an integer >= 1"),
-    ("quantizer.quantizer.codebook_size", _integer(lambda v: v >= 2), "an integer >= 2"),
+    ("quantizer.groups", *_at_least(1)),
+    ("quantizer.quantizer.codebook_size", *_at_least(2)),
     ("quantizer.quantizer.levels", *LEVELS[1:]),
-    ("quantizer.latent_dim", _integer(lambda v: v >= 1), "an integer >= 1"),
-    ("arch.width", _integer(lambda v: v >= 1), "an integer >= 1"),
-    ("arch.depth", _integer(lambda v: v >= 0), "an integer >= 0"),
-    ("arch.heads", _integer(lambda v: v >= 1), "an integer >= 1"),
-    ("arch.patch_size", _integer(lambda v: v >= 1), "an integer >= 1"),
-    ("arch.num_tokens", _integer(lambda v: v >= 1), "an integer >= 1"),
+    ("quantizer.latent_dim", *_at_least(1)),
+    ("arch.width", *_at_least(1)),
+    ("arch.depth", *_at_least(0)),
+    ("arch.heads", *_at_least(1)),
+    ("arch.patch_size", *_at_least(1)),
+    ("arch.num_tokens", *_at_least(1)),
     ("arch.channel_mult", _integers(lambda n: n >= 1), "a non-empty list of integers >= 1"),
 ]
 
