@@ -196,6 +196,56 @@ def test_transforms_shapes_and_randomness():
         ImageTransform(mode="zoom")
 
 
+def _photo_jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """A photo-like JPEG: smooth colour ramps with texture, so resampling differences show."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    ramps = np.stack([np.sin(6 * x + c) * np.cos(4 * y - c) for c in (0, 1, 2)], axis=-1)
+    pixels = np.clip(127 + 90 * ramps + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_jpeg_pixels_and_resizes_match_pil():
+    from vtok.data import decode_image, decode_pixels
+
+    data = _photo_jpeg(300, 200)
+    pil = decode_image(data)
+    reference = torch.from_numpy(np.array(pil)).permute(2, 0, 1).float()
+    # libjpeg-turbo on both sides (torchvision's and Pillow's builds): at most rounding apart.
+    assert (decode_pixels(data).float() - reference).abs().max() <= 2
+    view = ImageTransform(size=64, mode="center", flip=False).load(data, np.random.default_rng(0))
+    expected = pil.resize((64, 64), Image.BICUBIC, box=(50, 0, 250, 200))
+    expected = torch.from_numpy(np.array(expected)).permute(2, 0, 1).float() / 127.5 - 1
+    levels = (view - expected).abs() * 127.5
+    assert view.is_contiguous() and levels.mean() < 0.2 and levels.max() <= 8  # 8-bit fixed-point weights
+
+
+def test_reduced_jpeg_decode_keeps_the_crop_box_of_the_seed():
+    from vtok.data import decode_pixels
+
+    data = _photo_jpeg(640, 480)
+    whole = ImageTransform(size=96, mode="random_resized", scale=(0.8, 1.0), reduced_decode=False)
+    reduced = ImageTransform(size=96, mode="random_resized", scale=(0.8, 1.0), reduced_decode=True)
+    plans = [t.plan(640, 480, np.random.default_rng(7)) for t in (whole, reduced)]
+    assert plans[0] == plans[1] and plans[0].reduction() == 4  # a crop of >= 384 px kept, 96 px out
+    assert decode_pixels(data, reduce=4).shape == (3, 120, 160)
+    a, b = (t.load(data, np.random.default_rng(7)) for t in (whole, reduced))
+    assert a.shape == b.shape == (3, 96, 96)
+    assert 0 < ((a - b).abs() * 127.5).mean() < 6  # the same region, filtered by the DCT instead of bicubic
+    small = ImageTransform(size=96, mode="random_resized", scale=(0.8, 1.0), reduced_decode=True)
+    assert small.plan(150, 120, np.random.default_rng(7)).reduction() == 1  # never decoded below the output
+
+
+def test_a_truncated_jpeg_is_undecodable_on_the_fast_path():
+    from vtok.data import BadImage, decode_pixels
+
+    with pytest.raises(BadImage) as error:
+        decode_pixels(_photo_jpeg(200, 100)[:900])
+    assert error.value.kind == "undecodable"
+
+
 def test_synthetic_dataset_and_folder(tmp_path, image_folder):
     ds = SyntheticCaptions(length=5, size=16)
     sample = ds[3]

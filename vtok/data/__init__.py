@@ -6,18 +6,20 @@ on first use, so evaluation can read the same datasets without the trainer insta
 
 from typing import Any
 
+from .decode import BadImage, decode_image, decode_pixels
 from .folder import ImageFolder
 from .samples import build_sample_shards
 from .shards import write_shards
 from .stream import RandomSampleStream
 from .synthetic import SyntheticCaptions
-from .transforms import BadImage, ImageTransform, decode_image, to_tensor, to_uint8
+from .transforms import Crop, ImageTransform, to_tensor, to_uint8
 from .validation import build_dataset, collate_same_size, validation_loader
 from .webdataset import ShardDataset, expand_urls
 
 __all__ = [
-    "BadImage", "ImageFolder", "ImageTransform", "RandomSampleStream", "ShardDataset", "SyntheticCaptions",
+    "BadImage", "Crop", "ImageFolder", "ImageTransform", "RandomSampleStream", "ShardDataset", "SyntheticCaptions",
     "TokenizerDataModule", "build_dataset", "build_sample_shards", "collate_same_size", "decode_image",
+    "decode_pixels",
     "expand_urls", "to_tensor", "to_uint8", "validation_loader", "write_shards",
 ]
 

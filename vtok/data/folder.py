@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from .decode import BadImage
 from .shards import find_images
-from .transforms import BadImage, ImageTransform, decode_image
+from .transforms import ImageTransform
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class ImageFolder(Dataset):
             path = self.paths[(index + offset) % len(self.paths)]
             rng = np.random.default_rng([self.seed, self.epoch, index])
             try:
-                image = self.transform(decode_image(path.read_bytes()), rng)
+                image = self.transform.load(path.read_bytes(), rng)
             except BadImage as error:
                 self.counts[error.kind] += 1
                 log.warning("skipped %s (%s); so far: %s", path, error, dict(self.counts))

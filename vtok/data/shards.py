@@ -23,7 +23,8 @@ from pathlib import Path
 import webdataset as wds
 from tqdm import tqdm
 
-from .transforms import IMAGE_EXTENSIONS, BadImage, decode_image
+from .decode import BadImage, decode_image
+from .transforms import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 from braceexpand import braceexpand
+from torch import Tensor
 from torch.utils.data import IterableDataset
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from vtok.distributed import rank_and_world_size
 
+from .decode import BadImage, decode_pixels
 from .stream import consumed_before, stream_worker
-from .transforms import IMAGE_EXTENSIONS, BadImage, ImageTransform, decode_image
+from .transforms import IMAGE_EXTENSIONS, ImageTransform
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ class ShardDataset(IterableDataset):
         self._split_checked = False
         self.counts: Counter[str] = Counter()  # skipped samples and caption problems, by kind (this worker)
         self.decode_cache = decode_cache
-        self._decoded: dict[str, Any] = {}
+        self._decoded: dict[str, Tensor] = {}  # (3, H, W) uint8
         self._small_shards: dict[str, list[dict[str, Any]]] = {}
 
     def set_epoch(self, epoch: int) -> None:
@@ -185,15 +187,17 @@ class ShardDataset(IterableDataset):
                             raw.get("__url__"), problem, caption[:60], dict(self.counts))
         return caption
 
-    def _decode(self, raw: dict[str, Any], image_key: str) -> Any:
+    def _view(self, raw: dict[str, Any], image_key: str, rng: np.random.Generator) -> Tensor:
+        """The sample's transformed image: decoded for this view (at a reduced size when the crop allows), or
+        cut from the cached whole decode."""
         if not self.decode_cache:
-            return decode_image(raw[image_key])
+            return self.transform.load(raw[image_key], rng)
         cache_key = f"{raw.get('__url__')}/{raw.get('__key__')}"
         if cache_key not in self._decoded:
             if len(self._decoded) >= self.decode_cache:
                 self._decoded.pop(next(iter(self._decoded)))
-            self._decoded[cache_key] = decode_image(raw[image_key])
-        return self._decoded[cache_key]
+            self._decoded[cache_key] = decode_pixels(raw[image_key])
+        return self.transform(self._decoded[cache_key], rng)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world = rank_and_world_size()
@@ -216,7 +220,7 @@ class ShardDataset(IterableDataset):
                 if image_key is None:
                     members = sorted(k for k in raw if not k.startswith("__"))
                     raise BadImage("no_image", f"members {members}")
-                image = self.transform(self._decode(raw, image_key), rng)
+                image = self._view(raw, image_key, rng)
             except BadImage as error:
                 self.counts[error.kind] += 1
                 log.warning("skipped sample %s in %s (%s); skipped so far on this worker: %s", key,
