@@ -60,7 +60,7 @@ def parts(steps: int, root: str) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t3 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(module.tokenizer.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(module.tokenizer.parameters(), 1.0, foreach=True)
         t4 = time.perf_counter()
         optimizer.step()
         scheduler.step()

@@ -177,3 +177,20 @@ def test_usage_window_counts_exactly_the_last_batches():
     for i, counts in enumerate(batches):
         window.update(counts)
         assert torch.equal(window.counts(), torch.stack(batches[max(0, i - 2): i + 1]).sum(0))
+
+
+def test_bicubic_upsample_is_interpolate_as_two_matrix_products():
+    import torch.nn.functional as F
+
+    from vtok.tokenizers.conv import bicubic_upsample
+
+    for shape, factor in (((2, 3, 8, 8), 8), ((1, 2, 5, 7), 4)):
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        ours = bicubic_upsample(x, factor)
+        reference = F.interpolate(x, scale_factor=factor, mode="bicubic", align_corners=False)
+        assert ours.shape == reference.shape
+        assert torch.allclose(ours, reference, atol=1e-6)
+        weights = torch.randn_like(ours)
+        (g_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+        (g_ref,) = torch.autograd.grad((reference * weights).sum(), x)
+        assert torch.allclose(g_ours, g_ref, atol=1e-6)

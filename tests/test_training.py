@@ -60,8 +60,19 @@ def test_discriminator_starts_at_its_step():
             if trainer.global_step > 3:
                 assert "train/gan/adaptive_weight" in trainer.callback_metrics
 
-    _trainer(6, callbacks=[Watch()]).fit(module, _loader(8, 2))
+    _trainer(6, callbacks=[Watch()], log_every_n_steps=1).fit(module, _loader(8, 2))
     assert factors == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_metrics_reach_lightning_only_on_the_steps_its_loggers_write():
+    module = TokenizerModule(Tokenizer(**tiny_tokenizer_config()), TokenizerLoss(), lr=1e-3, warmup_steps=1,
+                             total_steps=7, ema_decay=None)
+    logged_at = []
+    log_dict = module.log_dict
+    module.log_dict = lambda logs, **kwargs: (logged_at.append(module.trainer.global_step), log_dict(logs, **kwargs))
+    _trainer(7, log_every_n_steps=3).fit(module, _loader(8, 1))
+    assert logged_at == [3, 6, 7]  # the loggers' steps and the last
+    assert module.usage.counts().sum() == 7 * module.tokenizer.num_tokens(32)  # usage still counts every step
 
 
 def test_gan_weight_ramps():
@@ -79,6 +90,22 @@ def test_ema_follows_weights():
     name = "encoder.layers.1.weight"
     assert not torch.equal(live[name], ema[name])
     assert module.ema.updates == 5
+
+
+def test_ema_update_is_the_per_tensor_average_bit_for_bit():
+    from vtok.training.ema import EMA
+
+    model = Tokenizer(**tiny_tokenizer_config())
+    ema = EMA(model, decay=0.9)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    before = {k: v.clone() for k, v in ema.model.named_parameters()}
+    ema.update(model)
+    decay = min(0.9, 2 / 11)  # the warm-up decay of the first update
+    for name, live in model.named_parameters():
+        expected = before[name].lerp(live.detach(), 1.0 - decay)
+        assert torch.equal(dict(ema.model.named_parameters())[name], expected), name
 
 
 def test_time_budget_anneals_and_stops_on_the_clock(monkeypatch):

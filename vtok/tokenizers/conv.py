@@ -8,8 +8,10 @@ a lower resolution: on CPUs and small budgets this buys far more steps per secon
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -144,14 +146,30 @@ class ConvDecoder(Decoder):
         features = latents.permute(0, 3, 1, 2)
         images = self.to_pixels(self.conv_out(F.silu(self.norm_out(self.layers(features)))))
         if self.skip is not None:
-            coarse = self.skip(features)
-            images = images + F.interpolate(coarse, scale_factor=self.upsample_factor, mode="bicubic",
-                                            align_corners=False)
+            images = images + bicubic_upsample(self.skip(features), self.upsample_factor)
         return images
 
     @property
     def last_layer(self) -> Tensor:
         return self.conv_out.weight
+
+
+def bicubic_upsample(images: Tensor, factor: int) -> Tensor:
+    """``(B, C, h, w)`` -> ``(B, C, h*factor, w*factor)``: ``F.interpolate(mode="bicubic", align_corners=False)``
+    written as its two 1-D operators, ``A_h @ images @ A_w^T``. The same linear map (to float rounding), but two
+    small matrix products instead of a 16-tap stencil per output pixel: 0.1 ms instead of 6.5 ms (forward and
+    backward) in the quick start's decoder."""
+    rows = _bicubic_matrix(images.shape[-2], factor).to(images)
+    cols = rows if images.shape[-1] == images.shape[-2] else _bicubic_matrix(images.shape[-1], factor).to(images)
+    return rows @ images @ cols.T
+
+
+@functools.lru_cache(maxsize=16)
+def _bicubic_matrix(size: int, factor: int) -> Tensor:
+    """``(size*factor, size)`` float64: column ``j`` is the bicubic upsampling of the ``j``-th unit vector."""
+    units = torch.eye(size, dtype=torch.float64)[:, None, :, None]  # size images of size x 1 pixels
+    up = F.interpolate(units, size=(size * factor, 1), mode="bicubic", align_corners=False)
+    return up[:, 0, :, 0].T.contiguous()
 
 
 def space_to_depth(patch_size: int, downsample: int | None, channel_mult: Sequence[int]) -> int:

@@ -24,9 +24,16 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ema_params = dict(self.model.named_parameters())
-        for name, param in model.named_parameters():
-            ema_params[name].lerp_(param.detach().to(ema_params[name].dtype), 1.0 - decay)
+        from torch.distributed.tensor import DTensor
+
+        # the average is a deep copy of the model: its parameters come in the same order
+        averages = list(self.model.parameters())
+        live = [p if p.dtype == a.dtype else p.to(a.dtype) for a, p in zip(averages, model.parameters())]
+        if any(isinstance(a, DTensor) for a in averages):
+            for average, param in zip(averages, live):
+                average.lerp_(param, 1.0 - decay)
+        else:  # one multi-tensor kernel: the same arithmetic as the loop, bit for bit, without its per-tensor cost
+            torch._foreach_lerp_(averages, live, 1.0 - decay)
         ema_buffers = dict(self.model.named_buffers())
         for name, buffer in model.named_buffers():
             ema_buffers[name].copy_(buffer)

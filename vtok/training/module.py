@@ -118,7 +118,9 @@ class TokenizerModule(L.LightningModule):
             groups.append({"params": list(self.loss.discriminator.parameters()), "weight_decay": 0.0,
                            "lr": h.disc_lr or h.lr})
             lambdas.append(partial(delayed_constant, start=self.loss.disc_start))
-        optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
+        # One fused kernel for all tensors (CPU and CUDA): the per-tensor loop cost ~9 ms a step for the quick
+        # start's 124 small tensors, the fused update 2.5 ms. FSDP's sharded tensors take the default path.
+        optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas), fused=not self._sharded)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -216,7 +218,7 @@ class TokenizerModule(L.LightningModule):
         self.manual_backward(loss)
         if self._sharded:  # FSDP reduced the blocks' gradients; the whole parts are averaged here
             average_replicated_gradients(p for group in optimizer.param_groups for p in group["params"])
-        clip = clip_grad_norm if self._sharded else torch.nn.utils.clip_grad_norm_
+        clip = clip_grad_norm if self._sharded else partial(torch.nn.utils.clip_grad_norm_, foreach=True)
         # max_norm=inf measures without clipping: the norm is also what tells a non-finite gradient
         logs["grad_norm"] = clip([*self.tokenizer.parameters(), *self.loss.head_parameters()],
                                  self.hparams.grad_clip or float("inf"))
@@ -275,16 +277,13 @@ class TokenizerModule(L.LightningModule):
                 f"module.warmup_steps, then resume (module.max_bad_steps sets how many are tolerated)")
 
     def _log_step(self, images: Tensor, output, logs: dict[str, Tensor]) -> None:
-        logs = {f"train/{k}": v for k, v in logs.items()}
-        logs.update({f"train/{k}": v for k, v in output.stats.items()})
-        if self.usage is not None and output.tokens.indices is not None:
+        if self.usage is not None and output.tokens.indices is not None:  # every step: the window counts them all
             counts = torch.bincount(output.tokens.indices.reshape(-1), minlength=self.usage.codebook_size)
             self.usage.update(all_reduce_sum(counts.float()))
-            usage, perplexity = usage_and_perplexity(self.usage.counts())
-            logs["train/codebook_usage"], logs["train/codebook_perplexity"] = usage, perplexity
         now = time.perf_counter()
-        if self._last_step_time is not None:
-            elapsed = now - self._last_step_time
+        elapsed = None if self._last_step_time is None else now - self._last_step_time
+        self._last_step_time = now
+        if elapsed is not None:
             self.train_seconds += elapsed
             if self.hparams.time_budget and self._trainer is not None:
                 if self.trainer.world_size > 1:
@@ -292,14 +291,33 @@ class TokenizerModule(L.LightningModule):
                     self.train_seconds = float(self.trainer.strategy.broadcast(self.train_seconds, src=0))
                 if self.train_seconds >= self.hparams.time_budget:
                     self.trainer.should_stop = True  # the schedule has ended
+        if not self._logs_this_step():
+            return
+        logs = {f"train/{k}": v for k, v in logs.items()}
+        logs.update({f"train/{k}": v for k, v in output.stats.items()})
+        if self.usage is not None and output.tokens.indices is not None:
+            usage, perplexity = usage_and_perplexity(self.usage.counts())
+            logs["train/codebook_usage"], logs["train/codebook_perplexity"] = usage, perplexity
+        if elapsed is not None:
             world = self.trainer.world_size if self._trainer is not None else 1
             logs["train/images_per_second"] = torch.tensor(images.shape[0] * world / elapsed)
-        self._last_step_time = now
         logs["train/lr"] = torch.tensor(self.lr_schedulers().get_last_lr()[0])
         self.log_dict(logs, on_step=True, on_epoch=False)
         self.log("loss", logs["train/total"], prog_bar=True, on_step=True, logger=False)
         if "train/codebook_usage" in logs:
             self.log("usage", logs["train/codebook_usage"], prog_bar=True, on_step=True, logger=False)
+
+    def _logs_this_step(self) -> bool:
+        """Whether this step's metrics are handed to Lightning: on the steps its loggers write
+        (``trainer.log_every_n_steps``) and the last. Each ``self.log`` costs about 2 ms of Lightning's
+        bookkeeping whether or not a logger writes it; 15 of them on every step were 18% of the quick start's step.
+        """
+        if self._trainer is None:
+            return True
+        trainer = self.trainer
+        step = trainer.global_step  # optimiser steps so far, this one included
+        last = trainer.should_stop or (trainer.max_steps > 0 and step >= trainer.max_steps)
+        return last or step % max(1, trainer.log_every_n_steps) == 0
 
     # ----------------------------------------------------------------------------------------- validation
     # Ranks may hold different numbers of validation batches (shards split by rank), so each batch is measured on
