@@ -118,7 +118,8 @@ def run_one(case: str, impl: str, repeats: int) -> dict:
                 times.append(time.perf_counter() - start)
     except RuntimeError as error:  # out of memory and similar
         return {"error": f"{type(error).__name__}: {str(error)[:200]}"}
-    return {"seconds": statistics.median(times), "peak_mib": _status_mib("VmHWM") - baseline}
+    return {"seconds": statistics.median(times), "min": min(times), "max": max(times),
+            "peak_mib": _status_mib("VmHWM") - baseline}
 
 
 def matmul_gflops() -> float:
@@ -152,7 +153,8 @@ def main() -> None:
 
     peak = matmul_gflops()
     print(f"fp32 matmul 4096^3: {peak:.0f} GFLOP/s; torch threads {__import__('torch').get_num_threads()}")
-    print("| case | vtok s | peer s | speed-up | vtok MiB | peer MiB | memory ratio | vtok % of matmul peak |")
+    print("| case | vtok s (min-max) | peer s (min-max) | speed-up | vtok MiB | peer MiB | memory ratio | "
+          "vtok % of matmul peak |")
     print("|---|---|---|---|---|---|---|---|")
     for case in args.cases.split(","):
         results = {}
@@ -167,10 +169,13 @@ def main() -> None:
         flops = CASES[case][3]
         def fmt(r, k, f):
             return f.format(r[k]) if k in r else "fails"
+
+        def timed(r):
+            return f"{r['seconds']:.3f} ({r['min']:.3f}-{r['max']:.3f})" if "seconds" in r else "fails"
         speed = f"{p['seconds'] / v['seconds']:.1f}x" if "seconds" in v and "seconds" in p else "-"
         memory = f"{p['peak_mib'] / max(v['peak_mib'], 1):.1f}x" if "peak_mib" in v and "peak_mib" in p else "-"
         share = f"{100 * flops / v['seconds'] / 1e9 / peak:.0f}%" if flops and "seconds" in v else "-"
-        print(f"| {case} | {fmt(v, 'seconds', '{:.3f}')} | {fmt(p, 'seconds', '{:.3f}')} | {speed} | "
+        print(f"| {case} | {timed(v)} | {timed(p)} | {speed} | "
               f"{fmt(v, 'peak_mib', '{:.0f}')} | {fmt(p, 'peak_mib', '{:.0f}')} | {memory} | {share} |", flush=True)
         for impl, r in results.items():
             if "error" in r:
