@@ -111,17 +111,13 @@ def test_small_shards_are_read_once_and_replayed_identically(tmp_path, monkeypat
 
     urls = _stream_shards(tmp_path)  # 4 shards of 10 samples
     opened = []
-    real_opener = wds_module.url_opener
+    real_reader = wds_module.tar_members
 
-    def counting_opener(streams, **kwargs):
-        def counted():
-            for item in streams:
-                opened.append(item["url"])
-                yield item
+    def counting_reader(url):
+        opened.append(url)
+        return real_reader(url)
 
-        return real_opener(counted(), **kwargs)
-
-    monkeypatch.setattr(wds_module, "url_opener", counting_opener)
+    monkeypatch.setattr(wds_module, "tar_members", counting_reader)
 
     def stream(decode_cache: int) -> tuple[list[str], list[torch.Tensor]]:
         opened.clear()
@@ -313,3 +309,41 @@ def test_whole_images_of_different_sizes_batch_only_one_at_a_time(tmp_path):
     assert {tuple(batch["image"].shape) for batch in loader(1)} == {(1, 3, 32, 48), (1, 3, 48, 32)}
     with pytest.raises(ValueError, match=r"data.val_batch_size=1"):
         next(iter(loader(2)))
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_tar_members_reads_what_tarfile_reads(tmp_path, tar_format):
+    from vtok.data.tar_members import TarDamaged, is_plain_tar, tar_members
+
+    path = tmp_path / "shard.tar"
+    members = {"a/000001.jpg": b"x" * 700, "a/000001.txt": "café".encode(), "b/" + "n" * 60 + "/000002.png": b"",
+               "000003.json": b"{}" * 300}
+    if tar_format != tarfile.USTAR_FORMAT:
+        members["d" * 150 + ".jpg"] = b"long name" * 100  # over ustar's 100 + 155 characters: L or pax records
+    with tarfile.open(path, "w", format=tar_format) as tar:
+        tar.addfile(tarfile.TarInfo("a"))  # an empty regular file, then a directory (skipped)
+        info = tarfile.TarInfo("dir")
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert is_plain_tar(str(path))
+    assert list(tar_members(str(path))) == [("a", b""), *members.items()]
+
+    data = path.read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])
+    read = []
+    with pytest.raises(TarDamaged, match="cut short"):
+        for name, _ in tar_members(str(tmp_path / "cut.tar")):
+            read.append(name)
+    assert read and read == [n for n in ["a", *members] if n in read]  # the members before the cut came through
+    broken = bytearray(data)
+    broken[0] ^= 0xFF  # first header's name, so its checksum no longer matches
+    (tmp_path / "broken.tar").write_bytes(bytes(broken))
+    with pytest.raises(TarDamaged, match="checksum"):
+        list(tar_members(str(tmp_path / "broken.tar")))
+    with tarfile.open(tmp_path / "shard.tar.gz", "w:gz") as tar:
+        tar.add(path, arcname="x.tar")
+    assert not is_plain_tar(str(tmp_path / "shard.tar.gz"))  # compressed shards go through WebDataset's reader

@@ -12,8 +12,9 @@ import glob
 import json
 import logging
 import os
+import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,11 +27,13 @@ from vtok.distributed import rank_and_world_size
 
 from .decode import BadImage, decode_pixels
 from .stream import consumed_before, stream_worker
+from .tar_members import TarDamaged, is_plain_tar, tar_members
 from .transforms import IMAGE_EXTENSIONS, ImageTransform
 
 log = logging.getLogger(__name__)
 
 _IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+_META = re.compile(r"__[^/]*__($|/)")  # WebDataset's metadata members, skipped as its reader skips them
 
 
 def expand_urls(urls: str | list[str]) -> list[str]:
@@ -153,8 +156,11 @@ class ShardDataset(IterableDataset):
             if url in self._small_shards:
                 yield from self._small_shards[url]
                 return
-            files = tar_file_expander(url_opener([{"url": url}], handler=count_and_continue),
-                                      handler=count_and_continue)
+            if is_plain_tar(url):
+                files = _tar_files(url, count_and_continue)
+            else:  # remote, piped or compressed: WebDataset's reader
+                files = tar_file_expander(url_opener([{"url": url}], handler=count_and_continue),
+                                          handler=count_and_continue)
             kept: list[dict[str, Any]] = []
             small = self.decode_cache > 0
             for sample in group_by_keys(files, handler=count_and_continue):
@@ -238,6 +244,17 @@ class ShardDataset(IterableDataset):
             produced += 1
             if limit is not None and produced >= limit:
                 return
+
+
+def _tar_files(url: str, on_error: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
+    """A local plain tar's files as WebDataset's ``group_by_keys`` takes them (``fname``, ``data``, ``__url__``),
+    without its metadata files (``__*__``); a damaged header or member ends the shard after ``on_error``."""
+    try:
+        for name, data in tar_members(url):
+            if not _META.match(name):
+                yield {"fname": name, "data": data, "__url__": url}
+    except TarDamaged as error:
+        on_error(error)
 
 
 def _meta(raw: dict[str, Any]) -> dict[str, Any]:
