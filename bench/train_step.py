@@ -8,6 +8,14 @@ encoder level (3 per decoder level), one mid attention block with a residual blo
 backward, AdamW. Each implementation runs in its own process; reported: median step time over ``--repeats`` after a
 warm-up, the spread (min-max), the FLOPs of the step as ``torch.utils.flop_counter`` counts them, the share of this
 machine's measured fp32 GEMM rate that reaches (MFU), and peak memory (growth of the resident set's high-water mark).
+
+On a GPU (the same comparison, both sides switched alike):
+
+    python bench/train_step.py --device cuda --bf16 --channels-last --compile --batch 32 --size 256 --repeats 20
+
+``--bf16`` runs forward and loss under bf16 autocast (MFU then against the bf16 GEMM rate), ``--channels-last`` puts
+weights and images in NHWC, ``--compile`` wraps each side's step loss in ``torch.compile``; peak memory on CUDA is
+``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -78,47 +86,71 @@ def _status_kib(field: str) -> int:
     return 0
 
 
-def run_one(impl: str, case: str, repeats: int, batch: int, size: int) -> dict:
+def run_one(impl: str, case: str, repeats: int, batch: int, size: int, device: str = "cpu", bf16: bool = False,
+            channels_last: bool = False, compile: bool = False) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
     model, step_loss = build(impl, case)
-    model.train()
+    model.train().to(device)
+    images = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    images = torch.rand(batch, 3, size, size) * 2 - 1
+    loss_fn = torch.compile(step_loss) if compile else step_loss
+
+    def forward(fn):
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            return fn(images)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        step_loss(images).backward()
+        forward(loss_fn).backward()
         optimizer.step()
 
     with FlopCounterMode(display=False) as counter:
-        step_loss(images).backward()
+        forward(step_loss).backward()
     flops = counter.get_total_flops()
     optimizer.zero_grad(set_to_none=True)
     with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark to the current resident set
         f.write("5")
     base = _status_kib("VmRSS")
-    step()  # warm-up
+    for _ in range(3 if compile else 1):  # warm-up (and compilation)
+        step()
+    sync()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - start)
-    peak = _status_kib("VmHWM") - base
+    peak = (torch.cuda.max_memory_allocated() // 1024 if device.startswith("cuda")
+            else _status_kib("VmHWM") - base)
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "flops": flops,
             "peak_mib": peak / 1024, "params": sum(p.numel() for p in model.parameters())}
 
 
-def gemm_gflops() -> float:
+def gemm_gflops(device: str = "cpu", bf16: bool = False) -> float:
     import torch
 
-    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = (torch.randn(4096, 4096, device=device, dtype=dtype) for _ in range(2))
     a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(3):
         a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return 3 * 2 * 4096**3 / (time.perf_counter() - start) / 1e9
 
 
@@ -128,13 +160,21 @@ def main() -> None:
     parser.add_argument("--cases", default="vq,kl")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for forward and loss")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each side's step loss")
     parser.add_argument("--one", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    switches = [*(["--bf16"] if args.bf16 else []), *(["--channels-last"] if args.channels_last else []),
+                *(["--compile"] if args.compile else [])]
     if args.one:
-        print(json.dumps(run_one(*args.one, args.repeats, args.batch, args.size)))
+        print(json.dumps(run_one(*args.one, args.repeats, args.batch, args.size, args.device, args.bf16,
+                                 args.channels_last, args.compile)))
         return
-    peak = gemm_gflops()
-    print(f"fp32 GEMM 4096^3: {peak:.0f} GFLOP/s; THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}")
+    peak = gemm_gflops(args.device, args.bf16)
+    print(f"{'bf16' if args.bf16 else 'fp32'} GEMM 4096^3 on {args.device}: {peak:.0f} GFLOP/s; "
+          f"switches: {' '.join(switches) or 'none'}; THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}")
     print("| case | diffusers s (min-max) | vtok s (min-max) | vtok / peer speed | MFU peer | MFU vtok | "
           "GFLOP per step (peer, vtok) | params M (peer, vtok) | peak MiB (peer, vtok) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -142,7 +182,8 @@ def main() -> None:
         results = {}
         for impl in ("diffusers", "vtok"):
             proc = subprocess.run([sys.executable, __file__, "--one", impl, case, "--repeats", str(args.repeats),
-                                   "--batch", str(args.batch), "--size", str(args.size)],
+                                   "--batch", str(args.batch), "--size", str(args.size), "--device", args.device,
+                                   *switches],
                                   capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f"{impl} {case} failed:\n{proc.stderr[-3000:]}")
