@@ -35,11 +35,14 @@ lint: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# Quantizer speed/memory against vector-quantize-pytorch, whole train steps against diffusers (bench/RESULTS.md).
+# Quantizer speed/memory against vector-quantize-pytorch, whole train steps against diffusers, the data path against
+# webdataset + PIL + torchvision, and where a quick-start step goes (bench/RESULTS.md).
 bench: install
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) bench/quantizers.py --repeats 3
 	$(PY) bench/train_step.py --repeats 5
+	$(PY) bench/data.py --repeats 3
+	$(PY) bench/quickstart_step.py --steps 200
 
 clean:
 	rm -rf outputs data/samples .pytest_cache
