@@ -234,7 +234,7 @@ def test_reduced_jpeg_decode_keeps_the_crop_box_of_the_seed():
     assert small.plan(150, 120, np.random.default_rng(7)).reduction() == 1  # never decoded below the output
 
 
-def test_a_truncated_jpeg_is_undecodable_on_the_fast_path():
+def test_a_truncated_jpeg_is_undecodable():
     from vtok.data import BadImage, decode_pixels
 
     with pytest.raises(BadImage) as error:
