@@ -23,12 +23,17 @@ import time
 TOKENS = 8192
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-# name: (vtok config, peer constructor source, input dim, nominal FLOPs of the forward matmul-like work)
+# name: (vtok config, peer constructor source, input dim, nominal FLOPs of the forward matmul-like work).
+# Wide VQ cases use ``search: auto`` (bf16 with a certified re-rank where the CPU has AMX); ``*_fp32`` force fp32.
 CASES = {
     "vq16k": ({"kind": "vq", "dim": 256, "codebook_size": 16384, "codebook_dim": None, "l2_normalize": False,
                "data_init": False},
               "VectorQuantize(dim=256, codebook_size=16384, decay=0.8, commitment_weight=0.25)", 256,
               2 * TOKENS * 16384 * 256),
+    "vq16k_fp32": ({"kind": "vq", "dim": 256, "codebook_size": 16384, "codebook_dim": None, "l2_normalize": False,
+                    "data_init": False, "search": "fp32"},
+                   "VectorQuantize(dim=256, codebook_size=16384, decay=0.8, commitment_weight=0.25)", 256,
+                   2 * TOKENS * 16384 * 256),
     "vq16k_cosine": ({"kind": "vq", "dim": 256, "codebook_size": 16384, "codebook_dim": None, "l2_normalize": True,
                       "data_init": False},
                      "VectorQuantize(dim=256, codebook_size=16384, use_cosine_sim=True, commitment_weight=0.25)", 256,
@@ -58,6 +63,10 @@ CASES = {
                    "quantizer": {"kind": "vq", "codebook_size": 4096, "codebook_dim": None, "l2_normalize": False,
                                  "data_init": False}},
                   "ResidualVQ(dim=256, num_quantizers=4, codebook_size=4096)", 256, 4 * 2 * TOKENS * 4096 * 256),
+    "rvq4x4096_fp32": ({"kind": "residual", "dim": 256, "depth": 4,
+                        "quantizer": {"kind": "vq", "codebook_size": 4096, "codebook_dim": None, "l2_normalize": False,
+                                      "data_init": False, "search": "fp32"}},
+                       "ResidualVQ(dim=256, num_quantizers=4, codebook_size=4096)", 256, 4 * 2 * TOKENS * 4096 * 256),
 }
 
 

@@ -19,11 +19,12 @@ def test_nearest_code_matches_brute_force():
 
 @pytest.mark.parametrize("num_codes", [1000, 4096, 4099])
 @pytest.mark.parametrize("cosine", [False, True])
-def test_grouped_search_matches_argmax_and_breaks_ties_to_the_lowest_index(num_codes, cosine):
+@pytest.mark.parametrize("dim", [8, 64])  # score blocks codes x rows up to 32 dims, rows x codes above
+def test_grouped_search_matches_argmax_and_breaks_ties_to_the_lowest_index(num_codes, cosine, dim):
     """The fp32 search pads the codebook to whole groups of 128 and takes a two-level argmax; blocks of 300
     rows leave a shorter last block. Duplicated codes (exact ties) must resolve to the first copy."""
     torch.manual_seed(0)
-    codes, z = torch.randn(num_codes, 8), torch.randn(1000, 8)
+    codes, z = torch.randn(num_codes, dim), torch.randn(1000, dim)
     codes[-5:] = codes[:5]  # later duplicates of the first codes, in another group
     codes[130] = codes[7]
     z[:5] = codes[:5]
@@ -123,6 +124,29 @@ def test_bf16_search_finds_the_exact_nearest_code(cosine, dim):
         else:  # where they differ, both codes are equally near up to fp32 rounding
             distance_fast, distance_exact = ((z - c[i]).pow(2).sum(1) for i in (fast, exact))
             assert torch.allclose(distance_fast, distance_exact, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [32, 256])
+def test_bf16_search_is_exact_with_code_norms_over_three_decades(dim):
+    """The bias ``-|c|^2 / 2`` then spans six decades and decides most rows; rows sit near a code (scaled by
+    1 +- 1e-3) and far from the origin, where the window is widest relative to the gaps between scores."""
+    torch.manual_seed(1)
+    codes = torch.randn(3000, dim) * torch.logspace(-2, 1, 3000)[torch.randperm(3000)][:, None]
+    z = codes[torch.randint(3000, (2000,))] * (1 + 1e-3 * torch.randn(2000, 1)) + 1e-3 * torch.randn(2000, dim)
+    for rows in (z, z + 5.0, 3 * torch.randn(2000, dim)):
+        assert torch.equal(nearest_code(rows, codes, cosine=False, precision="bf16"),
+                           nearest_code(rows, codes, cosine=False))
+
+
+def test_bf16_search_sends_rows_it_cannot_score_to_the_fp32_search():
+    """A non-finite row has no bf16 window; it must get the fp32 search's answer, not an index past the codes."""
+    torch.manual_seed(0)
+    codes, z = torch.randn(300, 64), torch.randn(50, 64)
+    z[3] = float("nan")
+    z[7, 0] = float("inf")
+    fast = nearest_code(z, codes, cosine=False, precision="bf16")
+    assert torch.equal(fast, nearest_code(z, codes, cosine=False))
+    assert int(fast.max()) < 300
 
 
 def test_vq_search_option():

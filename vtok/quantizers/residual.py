@@ -40,13 +40,15 @@ class ResidualQuantizer(Quantizer):
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         """``(..., dim)`` -> quantized ``(..., dim)``, indices ``(..., depth)``."""
-        residual, quantized = z, torch.zeros_like(z)
+        residual, quantized = z, None
         indices, losses, stats = [], {}, {}
         for i, (stage, scale) in enumerate(zip(self.stages, self.scales)):
-            out = stage(residual / scale)
-            code = out.quantized * scale  # straight-through inside the stage; its parameters get gradient
-            residual = residual - code.detach()
-            quantized = quantized + code
+            # straight-through inside the stage; its parameters get gradient (scale 1 skips two full passes)
+            out = stage(residual if scale == 1 else residual / scale)
+            code = out.quantized if scale == 1 else out.quantized * scale
+            if i + 1 < self.depth:
+                residual = residual - code.detach()
+            quantized = code if quantized is None else quantized + code
             indices.append(out.indices)
             losses.update({f"{name}_{i}": value for name, value in out.losses.items()})
             stats.update({f"{name}_{i}": value for name, value in out.stats.items()})

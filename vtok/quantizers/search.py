@@ -3,14 +3,14 @@
 ``argmin_c ||z - c||^2 = argmax_c (z . c - |c|^2 / 2)``, so the search is one ``(n, d) @ (d, K)`` product and an
 argmax per row. Two ways to run it, with the same answer:
 
-* ``fp32``: the product in fp32, in row chunks so the ``(K, chunk)`` score block stays small (see
+* ``fp32``: the product in fp32, in row chunks so the ``chunk x K`` score block stays small (see
   ``_Fp32Search`` for the layout and the two-level argmax that make it fast on CPUs).
-* ``bf16``: the product in bf16 (tensor cores on GPUs), then a certified re-rank. Every bf16 score is within
-  a bound ``eps`` of the exact one (input rounding, fp32 accumulation, output rounding; see
-  ``_bf16_error_bound``). The bf16 top few codes are re-scored in fp32;
-  when the best of them beats the last candidate's bf16 score by more than ``eps``, no other code can win,
-  and the rare rows where it does not are searched again in fp32. The result is the exact nearest code, not
-  an approximation (up to ties within fp32 rounding, which any two fp32 summation orders break their own way).
+* ``bf16``: the product in bf16 (tensor cores on GPUs, AMX tiles on recent Xeons), then a certified re-rank.
+  Every bf16 score is within a bound ``eps`` of the exact one (input rounding, fp32 accumulation, output
+  rounding; see ``_bf16_error_bound``), so a code whose bf16 score is more than ``2 eps`` below the row's best
+  bf16 score cannot be the nearest. The codes inside that window (one to a few per row) are re-scored in fp32
+  and the best wins. The result is the exact nearest code, not an approximation (up to ties within fp32
+  rounding, which any two fp32 summation orders break their own way).
 """
 
 from __future__ import annotations
@@ -19,19 +19,24 @@ import torch
 from torch import Tensor
 
 BF16_UNIT_ROUNDOFF = 2.0**-8  # 8 significant bits
-CANDIDATES = 4  # bf16 best codes re-scored in fp32 per row; rows whose winner is not certified fall back
+GROUP = 128  # codes per max-reduction group
+NARROW_LOOKUP = 32  # lookup widths up to this are bound by writing scores, wider ones by the product
+# A row whose bf16 window holds more groups or codes than these (scores too close for bf16 to separate, e.g.
+# rows far from the origin) is searched in fp32: re-scoring many candidates one by one would cost more.
+MAX_WINDOW_GROUPS, MAX_WINDOW_CODES = 16, 64
 
 
 def bf16_search_is_fast(device: torch.device) -> bool:
     """Whether the bf16 search beats fp32 on ``device``.
 
-    True on CUDA (bf16 tensor cores). False on CPUs: there the top-k and re-rank eat what a bf16 product saves
-    (measured in ``bench/RESULTS.md``).
+    True on CUDA (bf16 tensor cores) and on CPUs with AMX tiles (a bf16 product runs ~4x the fp32 rate there,
+    and the whole search 1.4-1.9x; ``bench/RESULTS.md``). False on other CPUs, whose bf16 products are no
+    faster than fp32.
     """
-    return device.type == "cuda"
-
-
-GROUP = 128  # codes per max-reduction group in the fp32 search
+    if device.type == "cuda":
+        return True
+    # torch exposes the AMX check only privately; without it, assume none
+    return device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
 @torch.no_grad()
@@ -43,8 +48,8 @@ def nearest_code(z: Tensor, codebook: Tensor, cosine: bool, chunk: int | None = 
         z: ``(n, d)`` fp32 rows.
         codebook: ``(K, d)`` fp32 codes.
         cosine: rows and codes are unit vectors, so the nearest code is the largest dot product.
-        chunk: rows per matrix product, bounding the temporary ``(K, chunk)`` score block; ``None`` sizes it
-            by the lookup width: a 4 MiB block up to 32 dims (bound by writing the scores), 64 MiB above
+        chunk: rows per matrix product, bounding the temporary ``chunk x K`` score block; ``None`` sizes it
+            by the lookup width: 2^20 scores up to 32 dims (bound by writing the scores), 2^24 above
             (bound by the product, which wants tall blocks).
         precision: ``"fp32"`` or ``"bf16"`` (certified: same answer, see the module docstring).
 
@@ -56,25 +61,31 @@ def nearest_code(z: Tensor, codebook: Tensor, cosine: bool, chunk: int | None = 
     z, codebook = z.float(), codebook.float()
     num_codes = codebook.shape[0]
     if chunk is None:
-        budget = 2**20 if codebook.shape[1] <= 32 else 2**24
+        budget = 2**20 if codebook.shape[1] <= NARROW_LOOKUP else 2**24
         chunk = max(64, min(8192, budget // max(num_codes, 1)))
     half_sq_norms = None if cosine else 0.5 * codebook.pow(2).sum(1)
     out = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
+    rows = min(chunk, z.shape[0])
+    search = _Fp32Search(codebook, half_sq_norms, rows)
     if precision == "bf16":
-        codes_bf16 = codebook.bfloat16()
-        bias_bf16 = None if half_sq_norms is None else (-half_sq_norms).bfloat16().unsqueeze(0)
-        code_norm = codebook.norm(dim=1).max()
-        max_bias = half_sq_norms.abs().max() if half_sq_norms is not None else code_norm.new_zeros(())
-        fallback = _Fp32Search(codebook, half_sq_norms, min(chunk, z.shape[0]))
-        for start in range(0, z.shape[0], chunk):
-            out[start : start + chunk] = _certified_bf16_argmax(
-                z[start : start + chunk], codebook, half_sq_norms, codes_bf16, bias_bf16, code_norm, max_bias,
-                fallback)
-        return out
-    search = _Fp32Search(codebook, half_sq_norms, min(chunk, z.shape[0]))
+        search = _CertifiedBf16Search(codebook, half_sq_norms, fallback=search)
     for start in range(0, z.shape[0], chunk):
         out[start : start + chunk] = search(z[start : start + chunk])
     return out
+
+
+def _grouped_codes(codebook: Tensor, half_sq_norms: Tensor | None) -> tuple[Tensor, bool]:
+    """``(K, d)`` codes -> ``(groups * GROUP, d [+ 1])`` codes padded to whole groups, and whether the last
+    column is a bias (``-|c|^2 / 2``, or ``-inf`` for padding codes) that rows meet with a column of ones."""
+    num_codes, dim = codebook.shape
+    padding = -num_codes % GROUP
+    codes = torch.cat([codebook, codebook.new_zeros(padding, dim)])
+    augmented = half_sq_norms is not None or padding > 0
+    if augmented:
+        bias = codebook.new_full((num_codes + padding, 1), float("-inf"))
+        bias[:num_codes, 0] = 0.0 if half_sq_norms is None else -half_sq_norms
+        codes = torch.cat([codes, bias], dim=1)
+    return codes, augmented
 
 
 class _Fp32Search:
@@ -82,8 +93,11 @@ class _Fp32Search:
 
     Four choices make it several times faster than ``(block @ codes.T - half_sq_norms).argmax(1)`` on CPUs:
 
-    * the score block is ``(K, n)`` (codes x rows): for narrow lookups the product is bound by writing
-      scores, and this orientation writes them about twice as fast;
+    * the layout of the score block follows the lookup width: for narrow lookups (up to 32 dims) the product is
+      bound by writing scores, and a ``(K, n)`` block (codes x rows) writes them about twice as fast; wide
+      lookups are bound by the arithmetic, and an ``(n, K)`` block keeps each row's groups contiguous, so the
+      argmax inside the winning group reads one cache line run instead of ``GROUP`` lines a row apart
+      (8-12% faster at 256 dims, ``bench/RESULTS.md``);
     * the bias rides in the product as one more input column (``[z, 1] . [c, -|c|^2 / 2]``): ``addmm`` would
       first copy the broadcast bias into the whole score block, a second write as costly as the product;
     * the argmax is two-level: the max of each group of ``GROUP`` codes (vectorised, unlike CPU ``argmax``,
@@ -93,68 +107,102 @@ class _Fp32Search:
     """
 
     def __init__(self, codebook: Tensor, half_sq_norms: Tensor | None, max_rows: int) -> None:
-        num_codes, dim = codebook.shape
-        self.groups = -(-num_codes // GROUP)
-        padding = self.groups * GROUP - num_codes
-        self.augmented = half_sq_norms is not None or padding > 0
-        codes = torch.cat([codebook, codebook.new_zeros(padding, dim)])
-        if self.augmented:
-            bias = codebook.new_full((self.groups * GROUP, 1), float("-inf"))
-            bias[:num_codes, 0] = 0.0 if half_sq_norms is None else -half_sq_norms
-            codes = torch.cat([codes, bias], dim=1)
-        self.codes = codes  # (groups * GROUP, d [+ 1])
+        self.codes, self.augmented = _grouped_codes(codebook, half_sq_norms)  # (groups * GROUP, d [+ 1])
+        self.groups, self.num_codes = self.codes.shape[0] // GROUP, codebook.shape[0]
+        self.codes_first = codebook.shape[1] <= NARROW_LOOKUP
         self.max_rows, self.scores = max_rows, None  # the buffer is made by the first full-size block
-        self.columns = torch.arange(max_rows, device=codebook.device)
+        self.rows = torch.arange(max_rows, device=codebook.device)
 
     def __call__(self, block: Tensor) -> Tensor:
         """``(n, d)`` rows -> ``(n,)`` indices of their nearest codes."""
         n = block.shape[0]
         if self.augmented:
             block = torch.cat([block, block.new_ones(n, 1)], dim=1)
+        left, right = (self.codes, block.t()) if self.codes_first else (block, self.codes.t())
         if n == self.max_rows:
             if self.scores is None:
-                self.scores = self.codes.new_empty(self.codes.shape[0], n)
-            scores = torch.mm(self.codes, block.t(), out=self.scores)
+                self.scores = self.codes.new_empty(left.shape[0], right.shape[1])
+            scores = torch.mm(left, right, out=self.scores)
         else:  # a shorter last block gets its own buffer (``out=`` wants the exact shape, contiguous)
-            scores = self.codes @ block.t()
-        grouped = scores.view(self.groups, GROUP, n)
-        best_group = grouped.amax(1).argmax(0)  # (n,): first group holding the column maximum
-        inside = grouped[best_group, :, self.columns[:n]].argmax(1)  # (n,)
-        return best_group * GROUP + inside
+            scores = left @ right
+        if self.codes_first:
+            grouped = scores.view(self.groups, GROUP, n)
+            best_group = grouped.amax(1).argmax(0)  # (n,): first group holding the row's maximum
+            inside = grouped[best_group, :, self.rows[:n]].argmax(1)  # (n,)
+        else:
+            grouped = scores.view(n, self.groups, GROUP)
+            best_group = grouped.amax(2).argmax(1)
+            inside = grouped[self.rows[:n], best_group].argmax(1)
+        # a non-finite row may land on a padding code: keep its (arbitrary) answer a valid index
+        return (best_group * GROUP + inside).clamp_max_(self.num_codes - 1)
 
 
-def _bf16_error_bound(block: Tensor, code_norm: Tensor, max_bias: Tensor, dim: int) -> Tensor:
-    """Per row of ``block``, a bound on ``|bf16 score - exact score|`` for every code.
+class _CertifiedBf16Search:
+    """Exact argmax over codes of ``codes . z - half_sq_norms``, from a bf16 product and an fp32 re-score.
 
-    Rounding ``z`` and ``c`` to bf16 perturbs each product by at most ``(2u + u^2) |z_i c_i|``, and
-    ``sum_i |z_i c_i| <= |z| |c|``; fp32 accumulation adds ``dim * 2^-24`` of the same; the bias ``-|c|^2 / 2``
-    is rounded once (``u |b|``); rounding the output to bf16 adds ``u`` times its magnitude, itself at most
-    ``|z| |c| + |b|`` (plus the errors above, covered by the slack in the constants).
+    Per block: bf16 scores ``(n, K)`` (the bias column as in ``_Fp32Search``); the max of each group of
+    ``GROUP`` codes; per row the lowest bf16 score a code can have and still be the nearest (``_window_floor``);
+    the groups whose max reaches it, and inside them the codes that do. A row with one such code has its
+    answer; the codes of rows with several are re-scored in fp32 and the best wins (the lowest code among exact
+    ties). Rows with none (non-finite input) or too many (``MAX_WINDOW_GROUPS``, ``MAX_WINDOW_CODES``) go to
+    the fp32 search.
+    """
+
+    def __init__(self, codebook: Tensor, half_sq_norms: Tensor | None, fallback: _Fp32Search) -> None:
+        codes, self.augmented = _grouped_codes(codebook, half_sq_norms)
+        self.codes_t = codes.bfloat16().t()  # (d [+ 1], groups * GROUP)
+        self.groups = codes.shape[0] // GROUP
+        self.codebook, self.half_sq_norms, self.fallback = codebook, half_sq_norms, fallback
+        self.code_norm = codebook.norm(dim=1).max()
+        self.max_bias = half_sq_norms.abs().max() if half_sq_norms is not None else self.code_norm.new_zeros(())
+
+    def __call__(self, block: Tensor) -> Tensor:
+        """``(n, d)`` rows -> ``(n,)`` indices of their nearest codes."""
+        n, num_codes = block.shape[0], self.codebook.shape[0]
+        rows_bf16 = block.bfloat16()
+        if self.augmented:
+            rows_bf16 = torch.cat([rows_bf16, rows_bf16.new_ones(n, 1)], dim=1)
+        scores = (rows_bf16 @ self.codes_t).view(n, self.groups, GROUP)
+        group_max = scores.amax(2).float()  # (n, groups)
+        floor = _window_floor(group_max.max(1).values, block, self.code_norm, self.max_bias)  # (n,)
+        rows, groups = (group_max >= floor[:, None]).nonzero(as_tuple=True)
+        keep = torch.bincount(rows, minlength=n)[rows] <= MAX_WINDOW_GROUPS
+        rows, groups = rows[keep], groups[keep]
+        pair, offset = (scores[rows, groups].float() >= floor[rows, None]).nonzero(as_tuple=True)
+        rows, codes = rows[pair], groups[pair] * GROUP + offset  # (pairs,), sorted by row
+        counts = torch.bincount(rows, minlength=n)[rows]
+        keep = counts <= MAX_WINDOW_CODES
+        rows, codes, several = rows[keep], codes[keep], counts[keep] > 1
+        winner = codes.new_full((n,), num_codes)  # rows left at num_codes go to the fp32 search
+        winner[rows[~several]] = codes[~several]
+        rows, codes = rows[several], codes[several]
+        exact = torch.einsum("pd,pd->p", block.index_select(0, rows), self.codebook.index_select(0, codes))
+        if self.half_sq_norms is not None:
+            exact = exact - self.half_sq_norms.index_select(0, codes)
+        best = exact.new_full((n,), float("-inf")).scatter_reduce(0, rows, exact, "amax")
+        tied = exact == best[rows]
+        winner.scatter_reduce_(0, rows[tied], codes[tied], "amin")
+        lost = (winner == num_codes).nonzero(as_tuple=True)[0]
+        if len(lost):
+            winner[lost] = self.fallback(block[lost])
+        return winner
+
+
+def _window_floor(best: Tensor, block: Tensor, code_norm: Tensor, max_bias: Tensor) -> Tensor:
+    """Per row, the lowest bf16 score a code can have and still be the nearest, given the row's best bf16
+    score ``best`` ``(n,)`` and its ``(n, d)`` rows.
+
+    For a code with exact score ``E`` and bf16 score ``S``, let ``T`` be the fp32 sum before its rounding to
+    bf16. ``|T - E| <= e``: rounding ``z`` and ``c`` to bf16 moves each product by at most
+    ``(2u + u^2) |z_i c_i|`` (and ``sum_i |z_i c_i| <= |z| |c|``), the bias ``b = -|c|^2 / 2`` by ``u |b|``, and
+    fp32 accumulation of ``d + 1`` terms adds ``(d + 1) 2^-24`` of their magnitudes. ``|S - T| <= u |T| <= u' |S|``
+    with ``u' = u / (1 - u)``. So ``E <= U(S) = S + u' |S| + e`` and ``E >= S - u' |S| - e``: a code can beat the
+    best-scored one only if ``U(S) >= best - u' |best| - e``, and since ``U`` increases, that is ``S`` at or above
+    the returned floor. The factor 1.01 on ``e`` covers the fp32 rounding of these bounds themselves.
     """
     u = BF16_UNIT_ROUNDOFF
-    dot_bound = block.norm(dim=1) * code_norm
-    return (3 * u + u * u + dim * 2.0**-24) * 1.01 * dot_bound + 2.02 * u * max_bias
-
-
-def _certified_bf16_argmax(block: Tensor, codebook: Tensor, half_sq_norms: Tensor | None, codes_bf16: Tensor,
-                           bias_bf16: Tensor | None, code_norm: Tensor, max_bias: Tensor,
-                           fallback: _Fp32Search) -> Tensor:
-    """Exact argmax of ``block @ codebook.T - half_sq_norms`` for ``(n, d)`` rows, via bf16 candidates."""
-    num_codes = codebook.shape[0]
-    block_bf16 = block.bfloat16()
-    scores = block_bf16 @ codes_bf16.t() if bias_bf16 is None else torch.addmm(bias_bf16, block_bf16, codes_bf16.t())
-    top_scores, candidates = scores.topk(min(CANDIDATES, num_codes), dim=1)  # (n, m)
-    exact = torch.einsum("nd,nmd->nm", block, codebook[candidates])
-    if half_sq_norms is not None:
-        exact = exact - half_sq_norms[candidates]
-    best = exact.max(1, keepdim=True).values
-    # lowest index among exact ties, as argmax over all codes would pick
-    winner = torch.where(exact == best, candidates, num_codes).min(1).values
-    if candidates.shape[1] == num_codes:
-        return winner
-    # A code outside the candidates has a bf16 score <= the last candidate's, so an exact score <= that + eps.
-    eps = _bf16_error_bound(block, code_norm, max_bias, block.shape[1])
-    unsure = (best[:, 0] <= top_scores[:, -1].float() + eps).nonzero(as_tuple=True)[0]
-    if len(unsure):
-        winner[unsure] = fallback(block[unsure])
-    return winner
+    u_out = u / (1 - u)
+    accumulation = (block.shape[1] + 1) * 2.0**-24
+    e = 1.01 * ((2 * u + u * u + accumulation) * block.norm(dim=1) * code_norm + (u + accumulation) * max_bias)
+    target = best - u_out * best.abs() - 2 * e  # U(S) - e must reach this
+    return torch.where(target >= 0, target / (1 + u_out), target / (1 - u_out))

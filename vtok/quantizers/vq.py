@@ -55,8 +55,8 @@ class VectorQuantizer(Quantizer):
             own (detached), so the temperature means the same at any feature scale. Costs an ``N x K`` matrix.
         entropy_temperature: see ``entropy_weight``.
         search: nearest-code search precision: ``"fp32"``, ``"bf16"`` (a bf16 product with a certified fp32
-            re-rank: the same codes, for GPUs' bf16 tensor cores) or ``"auto"`` (bf16 on CUDA when the codebook
-            is large enough for the product to dominate, fp32 otherwise).
+            re-rank: the same codes, for bf16 tensor cores and AMX tiles) or ``"auto"`` (bf16 on CUDA and on CPUs
+            with AMX when the codebook is large enough for the product to dominate, fp32 otherwise).
     """
 
     def __init__(
@@ -141,7 +141,7 @@ class VectorQuantizer(Quantizer):
         codes = self.codes()
         indices = nearest_code(flat.detach(), codes.detach(), cosine=self.l2_normalize,
                                precision=self._search_precision(flat.device))
-        chosen = codes[indices]
+        chosen = codes.index_select(0, indices)  # its backward is index_add, ~3x faster than indexing's
 
         losses: dict[str, Tensor] = {}
         if self.training:
@@ -259,4 +259,4 @@ class VectorQuantizer(Quantizer):
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """``(...)`` indices -> ``(..., dim)`` quantized features."""
-        return self.project_out(self.codes()[indices])
+        return self.project_out(self.codes().index_select(0, indices.reshape(-1)).view(*indices.shape, -1))
