@@ -149,6 +149,15 @@ def test_bf16_search_sends_rows_it_cannot_score_to_the_fp32_search():
     assert int(fast.max()) < 300
 
 
+def test_auto_search_keeps_narrow_lookups_in_fp32_on_cpus():
+    """bf16 pays on CPUs (with AMX) only for wide lookups; a narrow one stays fp32 whatever the codebook size."""
+    cpu = torch.device("cpu")
+    assert VectorQuantizer(dim=256, codebook_size=2**17, codebook_dim=8)._search_precision(cpu) == "fp32"
+    assert VectorQuantizer(dim=256, codebook_size=64)._search_precision(cpu) == "fp32"  # too small to pay
+    amx = torch.cpu._is_amx_tile_supported()
+    assert VectorQuantizer(dim=256, codebook_size=16384)._search_precision(cpu) == ("bf16" if amx else "fp32")
+
+
 def test_vq_search_option():
     z = torch.randn(64, 8)
     outputs = [VectorQuantizer(dim=8, codebook_size=32, search=s).eval() for s in ("fp32", "bf16")]

@@ -24,19 +24,22 @@ NARROW_LOOKUP = 32  # lookup widths up to this are bound by writing scores, wide
 # A row whose bf16 window holds more groups or codes than these (scores too close for bf16 to separate, e.g.
 # rows far from the origin) is searched in fp32: re-scoring many candidates one by one would cost more.
 MAX_WINDOW_GROUPS, MAX_WINDOW_CODES = 16, 64
+BF16_CPU_MIN_DIM = 128  # narrower lookups search faster in fp32 on CPUs (see ``bf16_search_is_fast``)
 
 
-def bf16_search_is_fast(device: torch.device) -> bool:
-    """Whether the bf16 search beats fp32 on ``device``.
+def bf16_search_is_fast(device: torch.device, lookup_dim: int) -> bool:
+    """Whether the bf16 search beats fp32 on ``device`` for ``lookup_dim``-wide codes.
 
-    True on CUDA (bf16 tensor cores) and on CPUs with AMX tiles (a bf16 product runs ~4x the fp32 rate there,
-    and the whole search 1.4-1.9x; ``bench/RESULTS.md``). False on other CPUs, whose bf16 products are no
-    faster than fp32.
+    True on CUDA (bf16 tensor cores). On CPUs with AMX tiles, for lookups of at least ``BF16_CPU_MIN_DIM``
+    dims: a bf16 product runs ~4x the fp32 rate there, and the whole search 1.2-1.9x at 128-256 dims, but
+    narrow lookups are bound by writing and scanning scores, and bf16 is 2.3x slower at 8-32 dims
+    (``bench/RESULTS.md``). False on other CPUs, whose bf16 products are no faster than fp32.
     """
     if device.type == "cuda":
         return True
     # torch exposes the AMX check only privately; without it, assume none
-    return device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return device.type == "cpu" and lookup_dim >= BF16_CPU_MIN_DIM and amx
 
 
 @torch.no_grad()

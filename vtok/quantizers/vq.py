@@ -55,8 +55,9 @@ class VectorQuantizer(Quantizer):
             own (detached), so the temperature means the same at any feature scale. Costs an ``N x K`` matrix.
         entropy_temperature: see ``entropy_weight``.
         search: nearest-code search precision: ``"fp32"``, ``"bf16"`` (a bf16 product with a certified fp32
-            re-rank: the same codes, for bf16 tensor cores and AMX tiles) or ``"auto"`` (bf16 on CUDA and on CPUs
-            with AMX when the codebook is large enough for the product to dominate, fp32 otherwise).
+            re-rank: the same codes, for bf16 tensor cores and AMX tiles) or ``"auto"`` (bf16 on CUDA and, for
+            lookups of 128 dims or more, on CPUs with AMX, when the codebook is large enough for the product to
+            dominate; fp32 otherwise).
     """
 
     def __init__(
@@ -196,7 +197,7 @@ class VectorQuantizer(Quantizer):
         if self.search != "auto":
             return self.search
         large = self.codebook_size * self.codebook_dim >= BF16_SEARCH_MIN_SIZE
-        return "bf16" if large and bf16_search_is_fast(device) else "fp32"
+        return "bf16" if large and bf16_search_is_fast(device, self.codebook_dim) else "fp32"
 
     def _entropy_loss(self, flat: Tensor, codes: Tensor) -> Tensor:
         """``H_sample - H_codebook`` (nats) of the soft assignment of ``(N, d)`` features to ``(K, d)`` codes."""
