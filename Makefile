@@ -40,6 +40,7 @@ test-fast: install
 bench: install
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) bench/quantizers.py --repeats 3
+	$(PY) bench/vq_search.py
 	$(PY) bench/train_step.py --repeats 5
 	$(PY) bench/data.py --repeats 3
 	$(PY) bench/quickstart_step.py --steps 200
