@@ -6,11 +6,11 @@ argmax per row. Two ways to run it, with the same answer:
 * ``fp32``: the product in fp32, in row chunks so the ``chunk x K`` score block stays small (see
   ``_Fp32Search`` for the layout and the two-level argmax that make it fast on CPUs).
 * ``bf16``: the product in bf16 (tensor cores on GPUs, AMX tiles on recent Xeons), then a certified re-rank.
-  Every bf16 score is within a bound ``eps`` of the exact one (input rounding, fp32 accumulation, output
-  rounding; see ``_bf16_error_bound``), so a code whose bf16 score is more than ``2 eps`` below the row's best
-  bf16 score cannot be the nearest. The codes inside that window (one to a few per row) are re-scored in fp32
-  and the best wins. The result is the exact nearest code, not an approximation (up to ties within fp32
-  rounding, which any two fp32 summation orders break their own way).
+  Every bf16 score is within a known bound of the exact one (input rounding, fp32 accumulation, output
+  rounding; see ``_window_floor``), so a code whose bf16 score is far enough below the row's best bf16 score
+  cannot be the nearest. The codes inside that window (one to a few per row) are re-scored in fp32 and the best
+  wins. The result is the exact nearest code, not an approximation (up to ties within fp32 rounding, which any
+  two fp32 summation orders break their own way).
 """
 
 from __future__ import annotations
