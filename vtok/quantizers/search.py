@@ -68,10 +68,10 @@ def nearest_code(z: Tensor, codebook: Tensor, cosine: bool, chunk: int | None = 
         chunk = max(64, min(8192, budget // max(num_codes, 1)))
     half_sq_norms = None if cosine else 0.5 * codebook.pow(2).sum(1)
     out = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
-    rows = min(chunk, z.shape[0])
-    search = _Fp32Search(codebook, half_sq_norms, rows)
     if precision == "bf16":
-        search = _CertifiedBf16Search(codebook, half_sq_norms, fallback=search)
+        search = _CertifiedBf16Search(codebook, half_sq_norms)
+    else:
+        search = _Fp32Search(codebook, half_sq_norms, min(chunk, z.shape[0]))
     for start in range(0, z.shape[0], chunk):
         out[start : start + chunk] = search(z[start : start + chunk])
     return out
@@ -151,11 +151,11 @@ class _CertifiedBf16Search:
     the fp32 search.
     """
 
-    def __init__(self, codebook: Tensor, half_sq_norms: Tensor | None, fallback: _Fp32Search) -> None:
+    def __init__(self, codebook: Tensor, half_sq_norms: Tensor | None) -> None:
         codes, self.augmented = _grouped_codes(codebook, half_sq_norms)
         self.codes_t = codes.bfloat16().t()  # (d [+ 1], groups * GROUP)
         self.groups = codes.shape[0] // GROUP
-        self.codebook, self.half_sq_norms, self.fallback = codebook, half_sq_norms, fallback
+        self.codebook, self.half_sq_norms = codebook, half_sq_norms
         self.code_norm = codebook.norm(dim=1).max()
         self.max_bias = half_sq_norms.abs().max() if half_sq_norms is not None else self.code_norm.new_zeros(())
 
@@ -186,8 +186,8 @@ class _CertifiedBf16Search:
         tied = exact == best[rows]
         winner.scatter_reduce_(0, rows[tied], codes[tied], "amin")
         lost = (winner == num_codes).nonzero(as_tuple=True)[0]
-        if len(lost):
-            winner[lost] = self.fallback(block[lost])
+        if len(lost):  # rare: the fp32 search (and its fp32 copy of the codes) only when needed
+            winner[lost] = _Fp32Search(self.codebook, self.half_sq_norms, len(lost))(block[lost])
         return winner
 
 
