@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vtok import Tokenizer
+from vtok.checkpoint import read_checkpoint
 from vtok.llm import CaptionLoss, ImageToText
 from vtok.llm.bridge import IGNORE
 from vtok.llm.export import bridge_from_checkpoint, load_bridge
@@ -155,7 +156,7 @@ def test_stage_runs_export_and_caption_from_the_command_line(llm_folder, tmp_pat
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     # the tuned tokenizer loads alone, bit for bit; the bridge loads back and gives the same caption loss
-    record, state = bridge_from_checkpoint(torch.load(ckpt, weights_only=True))
+    record, state = bridge_from_checkpoint(read_checkpoint(ckpt))
     from vtok.llm.export import build_bridge
 
     from_ckpt = build_bridge(record, state)

@@ -72,7 +72,7 @@ def test_metrics_reach_lightning_only_on_the_steps_its_loggers_write():
     module.log_dict = lambda logs, **kwargs: (logged_at.append(module.trainer.global_step), log_dict(logs, **kwargs))
     _trainer(7, log_every_n_steps=3).fit(module, _loader(8, 1))
     assert logged_at == [3, 6, 7]  # the loggers' steps and the last
-    assert module.usage.counts().sum() == 7 * module.tokenizer.num_tokens(32)  # usage still counts every step
+    assert module.step_log.usage.counts().sum() == 7 * module.tokenizer.num_tokens(32)  # usage still counts every step
 
 
 def test_gan_weight_ramps():
@@ -113,7 +113,7 @@ def test_time_budget_anneals_and_stops_on_the_clock(monkeypatch):
     and training stops when the budget is spent (a clock that advances 1 s per step stands in for time)."""
     import types
 
-    import vtok.training.module as module_file
+    import vtok.training.clock as module_file
     from vtok.training.schedule import warmup_cosine
 
     clock = iter(range(1000))

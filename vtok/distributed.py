@@ -2,7 +2,10 @@
 
 Quantizers keep their codebooks identical across ranks with :func:`all_reduce_sum`, :func:`broadcast` and
 :func:`mean_over_ranks`; data streams split work with :func:`rank_and_world_size` and :func:`worker_and_count`;
-evaluation gathers per-image values with :func:`gather_list`.
+evaluation gathers per-image values with :func:`gather_list`; contrastive losses gather negatives with
+:func:`gather_with_grad`; ``trainer=fsdp`` shards blocks with :func:`fully_shard` and handles the shards with
+:func:`is_sharded`, :func:`whole` and :func:`shard_like`; ``python -m vtok.eval`` under ``torchrun`` starts its
+group with :func:`process_group`. No other module of vtok calls ``torch.distributed`` (``tests/test_layers.py``).
 
 Ranks may see different numbers of validation batches (a shard split by rank, a set not divisible by the world
 size), so per-batch work runs under :func:`local_only`: the quantizers' synchronising helpers become no-ops there,
@@ -109,3 +112,58 @@ def gather_list(values: list[Any]) -> list[Any]:
     gathered: list[list[Any]] = [[] for _ in range(world_size())]
     dist.all_gather_object(gathered, list(values))
     return [v for part in gathered for v in part]
+
+
+def gather_with_grad(tensor: Tensor) -> Tensor:
+    """``(B, ...)`` on every rank -> ``(world * B, ...)`` in rank order, differentiable: gradients flow back to each
+    rank's own rows (``torch.distributed.nn``); the tensor itself in one process."""
+    if not is_distributed():
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()))
+
+
+@contextmanager
+def process_group(backend: str, timeout_s: float) -> Iterator[bool]:
+    """Start the process group a launcher (``torchrun``) describes, for the block, when there is more than one rank
+    and none is running yet; yields whether it started one (and then ends it)."""
+    start = int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized()
+    if start:
+        from datetime import timedelta
+
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    try:
+        yield start
+    finally:
+        if start:
+            dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------- sharded tensors (FSDP2)
+def is_sharded(tensor: Any) -> bool:
+    """Whether ``tensor`` is a shard of a larger one (a ``DTensor``, as FSDP2 makes parameters)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def whole(tensor: Tensor) -> Tensor:
+    """The full tensor a shard belongs to (a collective: every rank calls it); other tensors as they are."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
+def shard_like(value: Tensor, like: Tensor) -> Tensor:
+    """``value`` (whole) split over ranks the way the sharded ``like`` is; ``value`` itself when ``like`` is whole."""
+    if not is_sharded(like):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.detach().to(like.device), like.device_mesh, like.placements)
+
+
+def fully_shard(module: torch.nn.Module, mesh: Any) -> None:
+    """Shard ``module``'s parameters over ``mesh`` with FSDP2 (each rank keeps ``1 / world``)."""
+    from torch.distributed.fsdp import fully_shard as fsdp_fully_shard
+
+    fsdp_fully_shard(module, mesh=mesh)

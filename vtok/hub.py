@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 import vtok
-from vtok.checkpoint import load_tokenizer
+from vtok.checkpoint import TrainingCheckpoint, load_tokenizer, read_checkpoint, tokenizer_from_checkpoint
 from vtok.tokenizers import Tokenizer
 
 __all__ = ["export", "load_tokenizer", "main", "model_card", "push"]
@@ -124,11 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     if "ckpt" not in args or "out" not in args:
         print(EXPORT_USAGE, file=sys.stderr)
         return 2
-    tokenizer, source = load_tokenizer(args["ckpt"], weights=args.get("weights", "ema"))
-    bridge = _bridge_of(Path(args["ckpt"]))
-    report_path = Path(args["report"]) if "report" in args else _report_beside(Path(args["ckpt"]))
+    ckpt, weights = Path(args["ckpt"]), args.get("weights", "ema")
+    bridge = weights_step = None
+    if ckpt.suffix == ".ckpt":  # read once: tokenizer, LLM bridge and step
+        checkpoint = read_checkpoint(ckpt)
+        tokenizer, source = tokenizer_from_checkpoint(checkpoint, weights)
+        bridge, weights_step = _bridge_of(checkpoint), checkpoint.step
+    else:
+        tokenizer, source = load_tokenizer(ckpt, weights=weights)
+    report_path = Path(args["report"]) if "report" in args else _report_beside(ckpt)
     report = json.loads(report_path.read_text()) if report_path and report_path.is_file() else None
-    weights_step = _step_of(Path(args["ckpt"]))
     out = export(tokenizer, args["out"], report, name=args.get("name") or args.get("push"), source=source,
                  weights_step=weights_step)
     print(f"exported {source} to {out}" + (f" with the report {report_path}" if report else " (no report found)"))
@@ -145,19 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _bridge_of(ckpt: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """The LLM bridge an ETT training checkpoint holds (``None`` for other checkpoints and exported folders)."""
-    if ckpt.suffix != ".ckpt":
-        return None
+def _bridge_of(checkpoint: TrainingCheckpoint) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """The LLM bridge an ETT training checkpoint holds (``None`` for other checkpoints)."""
     from vtok.llm.export import bridge_from_checkpoint
 
-    return bridge_from_checkpoint(torch.load(ckpt, map_location="cpu", weights_only=True))
-
-
-def _step_of(ckpt: Path) -> int | None:
-    if ckpt.suffix != ".ckpt":
-        return None
-    return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    return bridge_from_checkpoint(checkpoint)
 
 
 def _report_beside(ckpt: Path) -> Path | None:

@@ -11,7 +11,6 @@ import logging
 import os
 import random
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from vtok.config import config_dir
+from vtok.distributed import process_group, rank
 from vtok.exit_deadline import install_exit_deadline
 
 log = logging.getLogger("vtok.eval")
@@ -33,25 +33,25 @@ def run(cfg: DictConfig) -> dict:
                           ("cpu" if cfg.device == "auto" else cfg.device))
     if device.type == "cuda" and device.index is None:  # one GPU per rank under torchrun
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    started_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized()
-    if started_group:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                             timeout=timedelta(seconds=cfg.get("collective_timeout_s", 1800)))
-    try:
+    with process_group("nccl" if device.type == "cuda" else "gloo", cfg.get("collective_timeout_s", 1800)):
         return _evaluate(cfg, device)
-    finally:
-        if started_group:
-            torch.distributed.destroy_process_group()
 
 
 def _evaluate(cfg: DictConfig, device: torch.device) -> dict:
     from hydra.utils import instantiate
 
-    from vtok.checkpoint import load_tokenizer
+    from vtok.checkpoint import load_tokenizer, read_checkpoint, tokenizer_from_checkpoint
     from vtok.data.validation import build_dataset, validation_loader
     from vtok.eval.protocol import evaluate_from_config
 
-    tokenizer, source = load_tokenizer(cfg.ckpt, weights=cfg.weights)
+    extra: dict[str, Any] = {"checkpoint": str(cfg.ckpt)}
+    if str(cfg.ckpt).endswith(".ckpt"):  # the step the evaluated weights come from, which an export names
+        checkpoint = read_checkpoint(str(cfg.ckpt))
+        tokenizer, source = tokenizer_from_checkpoint(checkpoint, cfg.weights)
+        extra["train_steps"] = checkpoint.step
+    else:
+        tokenizer, source = load_tokenizer(cfg.ckpt, weights=cfg.weights)
+    extra["weights"] = source
     tokenizer = tokenizer.to(device).eval()
     check_data_fits(tokenizer.fixed_size, cfg.data)
     if cfg.data.get("prepare") is not None:
@@ -59,12 +59,8 @@ def _evaluate(cfg: DictConfig, device: torch.device) -> dict:
     dataset = build_dataset(instantiate(cfg.data.val))
     loader = validation_loader(dataset, cfg.data.val_batch_size, cfg.data.get("num_workers", 1))
     out = Path(cfg.out) if cfg.out else default_out_dir(Path(str(cfg.ckpt)), Path(cfg.paths.output_dir))
-    extra: dict[str, Any] = {"checkpoint": str(cfg.ckpt), "weights": source}
-    if str(cfg.ckpt).endswith(".ckpt"):  # the step the evaluated weights come from, which an export names
-        extra["train_steps"] = int(torch.load(str(cfg.ckpt), map_location="cpu", weights_only=True,
-                                              mmap=True).get("global_step", 0))
     report = evaluate_from_config(tokenizer, loader, cfg.eval, cfg.data, out, extra=extra, device=device)
-    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+    if rank() == 0:
         summary = {k: report.get(k) for k in ("num_images", "psnr", "ssim", "lpips", "rfid", "codebook_usage",
                                                "bits_per_pixel")}
         print(json.dumps(summary, indent=2))

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vtok.distributed import rank
 from vtok.weights import FILES, resolve, sha256
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class FIDMeter:
         if self.cache_file is not None and not self.reference_cached:
             with self.metric.sync_context():
                 state = {name: getattr(self.metric, name).detach().cpu() for name in _REAL_STATES}
-            if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+            if rank() == 0:
                 self.cache_file.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(state, self.cache_file)
                 log.info("FID reference statistics cached to %s", self.cache_file)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vtok.checkpoint import load_tokenizer
+from vtok.checkpoint import load_tokenizer, read_checkpoint, tokenizer_from_checkpoint
 from vtok.data.transforms import ImageTransform
 from vtok.tokenizers import Tokenizer
 
@@ -30,13 +30,15 @@ def load(source: str, weights: str = "live") -> tuple[Tokenizer, ImageToText, st
         ValueError: the checkpoint has no LLM caption term.
     """
     path = Path(source)
-    tokenizer = load_tokenizer(path, weights=weights)[0]
     if path.suffix == ".ckpt":
-        found = bridge_from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+        checkpoint = read_checkpoint(path)
+        tokenizer = tokenizer_from_checkpoint(checkpoint, weights)[0]
+        found = bridge_from_checkpoint(checkpoint)
         if found is None:
             raise ValueError(f"{path} is not an ETT checkpoint: it holds no LLM caption term")
         record, state = found
         return tokenizer, build_bridge(record, state), record["feature"]
+    tokenizer = load_tokenizer(path, weights=weights)[0]
     bridge, record = load_bridge(path)
     return tokenizer, bridge, record["feature"]
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from vtok.checkpoint import TrainingCheckpoint
 from vtok.tokenizers.serialization import UnsafeConfigError, check_plain
 
 from .bridge import ImageToText
@@ -20,12 +21,12 @@ FORMAT = "vtok-llm-bridge"
 FILE_KEYS = ("source", "gguf_file")  # values that are paths or file names, not import paths
 
 
-def bridge_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+def bridge_from_checkpoint(checkpoint: TrainingCheckpoint) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
     """``(record, state)`` of the LLM caption term a training checkpoint holds, or ``None`` when it has none."""
-    for name, record in (checkpoint.get("loss_terms") or {}).items():
+    for name, record in checkpoint.loss_terms.items():
         if record.get("kind") == "llm_caption":
-            prefix = f"loss.terms.{name}.bridge."
-            state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+            prefix = "bridge."
+            state = {k[len(prefix):]: v for k, v in checkpoint.term_state(name).items() if k.startswith(prefix)}
             return record, state
     return None
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vtok.distributed import is_distributed, rank
+from vtok.distributed import gather_with_grad, is_distributed, rank
 
 from .term import LossTerm, TermInputs
 
@@ -63,11 +63,8 @@ class ImageTextContrastive(LossTerm):
         image, text = self.embed(features.detach() if self.detach_features else features, inputs.text)
         offset = 0
         if self.gather and is_distributed():
-            from torch.distributed.nn.functional import all_gather
-
             offset = rank() * image.shape[0]
-            all_text = torch.cat(all_gather(text.contiguous()))
-            all_image = torch.cat(all_gather(image.contiguous()))
+            all_text, all_image = gather_with_grad(text), gather_with_grad(image)
         else:
             all_text, all_image = text, image
         scale = self.logit_scale.clamp(max=math.log(100)).exp()

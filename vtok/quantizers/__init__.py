@@ -15,30 +15,14 @@ from .dual_codebook import DualCodebookQuantizer
 from .fsq import FSQ
 from .lfq import LFQ
 from .multi_codebook import MultiCodebookQuantizer
+from .registry import QUANTIZERS
 from .residual import ResidualQuantizer
 from .vq import VectorQuantizer
 
-QUANTIZERS: dict[str, type[Quantizer]] = {
-    "vq": VectorQuantizer,
-    "fsq": FSQ,
-    "lfq": LFQ,
-    "bsq": BSQ,
-    "bernoulli": BernoulliQuantizer,
-    "residual": ResidualQuantizer,
-    "multi_codebook": MultiCodebookQuantizer,
-    "gaussian": GaussianBottleneck,
-    "continuous": ContinuousBottleneck,
-    "dual": DualCodebookQuantizer,
-}
-
 
 def build_quantizer(config: dict[str, Any]) -> Quantizer:
-    """Build a quantizer from plain data: ``{"kind": "vq", **kwargs}``."""
-    config = dict(config)
-    kind = config.pop("kind", None)
-    if kind not in QUANTIZERS:
-        raise ValueError(f"unknown quantizer kind {kind!r}; choose one of {sorted(QUANTIZERS)}")
-    return QUANTIZERS[kind](**config)
+    """Build a quantizer from plain data: ``{"kind": "vq", **kwargs}`` (``kind`` from ``QUANTIZERS``)."""
+    return QUANTIZERS.build(config)
 
 
 __all__ = [

@@ -7,8 +7,10 @@ from torch import Tensor, nn
 
 from .base import Quantizer, QuantizerOutput, fp32_forward
 from .lfq import MAX_BITS, bits_to_indices, indices_to_bits
+from .registry import QUANTIZERS
 
 
+@QUANTIZERS.register("bernoulli")
 class BernoulliQuantizer(Quantizer):
     """``p = sigmoid(z / temperature)``; training samples ``b ~ Bernoulli(p)``, inference thresholds ``p > 0.5``.
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from .lfq import LFQ
+from .registry import QUANTIZERS
 
 
+@QUANTIZERS.register("bsq")
 class BSQ(LFQ):
     """LFQ with the input projected onto the unit sphere.
 

@@ -9,8 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from .base import Quantizer, QuantizerOutput, fp32_forward
+from .registry import QUANTIZERS
 
 
+@QUANTIZERS.register("gaussian")
 class GaussianBottleneck(Quantizer):
     """Splits ``2 * latent_dim`` input channels into mean and log-variance; samples while training.
 
@@ -40,6 +42,7 @@ class GaussianBottleneck(Quantizer):
         return QuantizerOutput(latent, None, losses, stats)
 
 
+@QUANTIZERS.register("continuous")
 class ContinuousBottleneck(Quantizer):
     """Identity (or a linear projection to ``latent_dim``), with optional Gaussian noise while training.
 

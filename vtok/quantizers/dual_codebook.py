@@ -27,12 +27,14 @@ from torch import Tensor, nn
 from vtok.distributed import all_reduce_sum, broadcast
 
 from .base import Quantizer, QuantizerOutput, fp32_forward
+from .registry import QUANTIZERS
 from .stats import code_counts, usage_and_perplexity
 
 PARTS = ("semantic", "pixel")
 DECODE_FROM = ("pixel", "semantic", "both")
 
 
+@QUANTIZERS.register("dual")
 class DualCodebookQuantizer(Quantizer):
     """Semantic and pixel codebooks of the same size with one shared id (or a pair of ids) per position.
 

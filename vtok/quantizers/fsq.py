@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Quantizer, QuantizerOutput, fp32_forward
+from .registry import QUANTIZERS
 from .stats import HISTOGRAM_MAX_CODES, code_counts, usage_and_perplexity
 
 
@@ -17,6 +18,7 @@ def round_ste(x: Tensor) -> Tensor:
     return x + (x.round() - x).detach()
 
 
+@QUANTIZERS.register("fsq")
 class FSQ(Quantizer):
     """Bound each of ``len(levels)`` channels with tanh and round it to ``levels[i]`` values.
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .base import Quantizer, QuantizerOutput, fp32_forward
 from .entropy import codebook_entropy_exact, codebook_entropy_factorized, per_sample_entropy
+from .registry import QUANTIZERS
 from .stats import HISTOGRAM_MAX_CODES, code_counts, usage_and_perplexity
 
 MAX_BITS = 64  # a token id is one int64
@@ -42,6 +43,7 @@ def indices_to_bits(indices: Tensor, bits: int) -> Tensor:
     return (indices.unsqueeze(-1) & _bit_weights(bits, indices.device)) != 0
 
 
+@QUANTIZERS.register("lfq")
 class LFQ(Quantizer):
     """Binary quantizer with entropy regularisation.
 

@@ -9,8 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from .base import Quantizer, QuantizerOutput
+from .registry import QUANTIZERS
 
 
+@QUANTIZERS.register("multi_codebook")
 class MultiCodebookQuantizer(Quantizer):
     """Splits ``dim`` channels into ``groups`` chunks and quantizes each with its own quantizer.
 
@@ -24,12 +26,11 @@ class MultiCodebookQuantizer(Quantizer):
 
     def __init__(self, dim: int, groups: int, quantizer: dict[str, Any]) -> None:
         super().__init__()
-        from . import build_quantizer
 
         if dim % groups:
             raise ValueError(f"dim={dim} is not divisible by groups={groups}")
         self.in_dim, self.out_dim, self.groups = dim, dim, groups
-        self.parts = nn.ModuleList(build_quantizer({**quantizer, "dim": dim // groups}) for _ in range(groups))
+        self.parts = nn.ModuleList(QUANTIZERS.build({**quantizer, "dim": dim // groups}) for _ in range(groups))
         self.codebook_size = self.parts[0].codebook_size
 
     @property

@@ -9,8 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from .base import Quantizer, QuantizerOutput
+from .registry import QUANTIZERS
 
 
+@QUANTIZERS.register("residual")
 class ResidualQuantizer(Quantizer):
     """``depth`` stages of one quantizer kind applied to successive residuals; codes add up.
 
@@ -27,10 +29,9 @@ class ResidualQuantizer(Quantizer):
 
     def __init__(self, dim: int, depth: int, quantizer: dict[str, Any], stage_scale: float = 1.0) -> None:
         super().__init__()
-        from . import build_quantizer  # the registry imports this module
 
         self.in_dim, self.out_dim, self.depth = dim, dim, depth
-        self.stages = nn.ModuleList(build_quantizer({**quantizer, "dim": dim}) for _ in range(depth))
+        self.stages = nn.ModuleList(QUANTIZERS.build({**quantizer, "dim": dim}) for _ in range(depth))
         self.codebook_size = self.stages[0].codebook_size
         self.scales = [stage_scale**i for i in range(depth)]
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from vtok.distributed import all_reduce_sum, broadcast, mean_over_ranks
 
 from .base import Quantizer, QuantizerOutput, fp32_forward
+from .registry import QUANTIZERS
 from .search import bf16_search_is_fast, nearest_code
 from .stats import code_counts, usage_and_perplexity
 
@@ -24,6 +25,7 @@ from .stats import code_counts, usage_and_perplexity
 BF16_SEARCH_MIN_SIZE = 2**20
 
 
+@QUANTIZERS.register("vq")
 class VectorQuantizer(Quantizer):
     """Nearest-neighbour vector quantizer.
 

@@ -1,6 +1,11 @@
-"""Tokenizer families behind one API: ``encode`` -> :class:`Tokens`, ``decode``, ``embed``."""
+"""Tokenizer families behind one API: ``encode`` -> :class:`Tokens`, ``decode``, ``embed``.
 
-from .tokenizer import DECODERS, ENCODERS, Tokenizer
+Importing the package registers every family's encoder, decoder and expander kinds (``registry.py``).
+"""
+
+from . import conv, dual, expander, latent_tokens, vit  # noqa: F401  (each registers its kinds)
+from .registry import DECODERS, ENCODERS, EXPANDERS
+from .tokenizer import Tokenizer
 from .tokens import TokenizerOutput, Tokens
 
-__all__ = ["DECODERS", "ENCODERS", "Tokenizer", "TokenizerOutput", "Tokens"]
+__all__ = ["DECODERS", "ENCODERS", "EXPANDERS", "Tokenizer", "TokenizerOutput", "Tokens"]

@@ -18,8 +18,10 @@ from torch import Tensor, nn
 from vtok.modules.conv import AttnBlock, Downsample, ResBlock, Upsample, norm
 
 from .parts import Decoder, Encoder
+from .registry import DECODERS, ENCODERS
 
 
+@ENCODERS.register("conv")
 class ConvEncoder(Encoder):
     """Images ``(B, C, H, W)`` -> features ``(B, H/f, W/f, out_dim)``.
 
@@ -101,6 +103,7 @@ class ConvEncoder(Encoder):
         return (image_size[0] // f, image_size[1] // f)
 
 
+@DECODERS.register("conv")
 class ConvDecoder(Decoder):
     """Features ``(B, h, w, in_dim)`` -> images ``(B, C, h*f, w*f)``; mirrors :class:`ConvEncoder`.
 

@@ -15,8 +15,10 @@ import torch
 from torch import Tensor
 
 from .parts import Encoder
+from .registry import ENCODERS
 
 
+@ENCODERS.register("dual")
 class DualEncoder(Encoder):
     """Images ``(B, C, H, W)`` -> ``(B, h, w, semantic.out_dim + pixel.out_dim)``.
 
@@ -30,10 +32,8 @@ class DualEncoder(Encoder):
 
     def __init__(self, semantic: dict[str, Any], pixel: dict[str, Any]) -> None:
         super().__init__()
-        from .tokenizer import ENCODERS, build_part
-
-        self.semantic = build_part(ENCODERS, "semantic encoder", semantic)
-        self.pixel = build_part(ENCODERS, "pixel encoder", pixel)
+        self.semantic = ENCODERS.build(semantic)
+        self.pixel = ENCODERS.build(pixel)
         self.semantic_dim = self.semantic.out_dim
         self.out_dim = self.semantic.out_dim + self.pixel.out_dim
         self.feature_names = ("semantic", "pixel", *(f"semantic.{n}" for n in self.semantic.feature_names),

@@ -12,7 +12,10 @@ from torch import Tensor, nn
 
 from vtok.modules.transformer import Transformer, grid_positions, rope_2d
 
+from .registry import EXPANDERS
 
+
+@EXPANDERS.register("transformer")
 class TokenExpander(nn.Module):
     """``(B, *layout, in_dim)`` -> ``(B, *layout, out_dim)`` through a transformer with rotary positions.
 
@@ -39,4 +42,3 @@ class TokenExpander(nn.Module):
         return self.project_out(self.transformer(tokens, rope)).unflatten(1, layout)
 
 
-EXPANDERS: dict[str, type[nn.Module]] = {"transformer": TokenExpander}

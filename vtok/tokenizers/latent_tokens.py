@@ -21,8 +21,10 @@ from vtok.modules.transformer import Transformer, block_indices, init_token, pat
 
 from .nested_dropout import NestedDropout
 from .parts import Decoder, Encoder, check_condition
+from .registry import DECODERS, ENCODERS
 
 
+@ENCODERS.register("latent_tokens")
 class LatentTokenEncoder(Encoder):
     """Images ``(B, C, H, W)`` -> latent tokens ``(B, num_tokens, out_dim)``.
 
@@ -76,6 +78,7 @@ class LatentTokenEncoder(Encoder):
         return (self.num_tokens,)
 
 
+@DECODERS.register("latent_tokens")
 class LatentTokenDecoder(Decoder):
     """Tokens ``(B, k, in_dim)`` (``k <= K``) -> images ``(B, C, image_size, image_size)``.
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .errors import InvalidPretrainedError, InvalidWeightsError, UnsafeConfigError
+from .registry import FAMILIES
 from .safetensors_header import check_fits, read_header
 
 CONFIG_NAME = "config.json"
@@ -42,13 +43,6 @@ MAX_EXTRA_BYTES = 256 * 2**20
 
 __all__ = ["InvalidPretrainedError", "InvalidWeightsError", "UnsafeConfigError", "load_pretrained",
            "save_pretrained"]
-
-
-def families() -> dict[str, type]:
-    """Tokenizer classes a config may name."""
-    from .tokenizer import Tokenizer
-
-    return {"Tokenizer": Tokenizer}
 
 
 def save_pretrained(tokenizer: Any, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -86,9 +80,9 @@ def check_config(config: dict[str, Any]) -> None:
     if config.get("format") != FORMAT:
         raise UnsafeConfigError(f"config.json is not a vtok tokenizer (format={config.get('format')!r}, "
                                 f"expected {FORMAT!r})")
-    if config.get("family") not in families():
+    if config.get("family") not in FAMILIES:
         raise UnsafeConfigError(f"unknown tokenizer family {config.get('family')!r}; vtok loads only "
-                                f"{sorted(families())}")
+                                f"{sorted(FAMILIES)}")
     check_plain(config, "config")
     check_bounds(config.get("tokenizer"), "config.tokenizer")
     if not isinstance(config.get("tokenizer"), dict):
@@ -219,7 +213,7 @@ def load_pretrained(path_or_repo: str | Path, device: str = "cpu", revision: str
     config = read_config(config_file)
     check_config(config)
     header = read_header(weights_file)
-    tokenizer, expected = build_checked(families()[config["family"]], config["tokenizer"],
+    tokenizer, expected = build_checked(FAMILIES[config["family"]], config["tokenizer"],
                                         weights_file.stat().st_size)
     check_fits(header, expected, weights_file)
     try:

@@ -21,27 +21,10 @@ from torch import Tensor, nn
 from vtok.images import psnr
 from vtok.quantizers import QuantizerOutput, build_quantizer
 
-from .conv import ConvDecoder, ConvEncoder
-from .dual import DualEncoder
-from .expander import EXPANDERS
-from .latent_tokens import LatentTokenDecoder, LatentTokenEncoder
 from .parts import Decoder, Encoder
+from .registry import DECODERS, ENCODERS, EXPANDERS, FAMILIES
+from .serialization import load_pretrained, save_pretrained
 from .tokens import TokenizerOutput, Tokens
-from .vit import ViTDecoder, ViTEncoder
-
-ENCODERS: dict[str, type[Encoder]] = {"conv": ConvEncoder, "vit": ViTEncoder, "latent_tokens": LatentTokenEncoder,
-                                      "dual": DualEncoder}
-DECODERS: dict[str, type[Decoder]] = {"conv": ConvDecoder, "vit": ViTDecoder, "latent_tokens": LatentTokenDecoder}
-
-
-def build_part(registry: dict[str, type[nn.Module]], role: str, config: dict[str, Any], **defaults: Any
-               ) -> nn.Module:
-    """``{"kind": ..., **kwargs}`` -> the part of that kind from ``registry`` (an allowlist)."""
-    config = dict(config)
-    kind = config.pop("kind", None)
-    if kind not in registry:
-        raise ValueError(f"unknown {role} kind {kind!r}; choose one of {sorted(registry)}")
-    return registry[kind](**{**defaults, **config})
 
 
 def plain_data(value: Any) -> Any:
@@ -53,6 +36,7 @@ def plain_data(value: Any) -> Any:
     return value
 
 
+@FAMILIES.register("Tokenizer")
 class Tokenizer(nn.Module):
     """Images in ``[-1, 1]`` to tokens and back.
 
@@ -75,13 +59,13 @@ class Tokenizer(nn.Module):
     ) -> None:
         super().__init__()
         encoder, quantizer, decoder, expander = (plain_data(part) for part in (encoder, quantizer, decoder, expander))
-        self.encoder: Encoder = build_part(ENCODERS, "encoder", encoder)
+        self.encoder: Encoder = ENCODERS.build(encoder)
         quantizer.setdefault("dim", self.encoder.out_dim)
         self.quantizer = build_quantizer(quantizer)
         latent_dim = self.quantizer.decoder_dim
-        self.expander = build_part(EXPANDERS, "expander", expander, in_dim=latent_dim) if expander else None
-        self.decoder: Decoder = build_part(DECODERS, "decoder", decoder,
-                              in_dim=self.expander.out_dim if self.expander else latent_dim)
+        self.expander = EXPANDERS.build(expander, in_dim=latent_dim) if expander else None
+        self.decoder: Decoder = DECODERS.build(
+            decoder, in_dim=self.expander.out_dim if self.expander else latent_dim)
         self.image_size = image_size
         self._config = {
             "encoder": encoder,
@@ -95,8 +79,6 @@ class Tokenizer(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_repo: str, device: str = "cpu", revision: str | None = None) -> Tokenizer:
         """Load an exported tokenizer (folder or Hugging Face repo id); see :mod:`vtok.tokenizers.serialization`."""
-        from .serialization import load_pretrained
-
         tokenizer = load_pretrained(path_or_repo, device=device, revision=revision)
         if not isinstance(tokenizer, cls):
             raise TypeError(f"{path_or_repo} holds a {type(tokenizer).__name__}, not a {cls.__name__}")
@@ -104,8 +86,6 @@ class Tokenizer(nn.Module):
 
     def save_pretrained(self, out_dir: str, extra: dict[str, Any] | None = None) -> None:
         """Write ``config.json`` (plain data) and ``model.safetensors`` into ``out_dir``."""
-        from .serialization import save_pretrained
-
         save_pretrained(self, out_dir, extra)
 
     @property

@@ -16,8 +16,10 @@ from vtok.modules.patches import PatchPositions, unpatchify
 from vtok.modules.transformer import Transformer, block_indices, patch_grid
 
 from .parts import Decoder, Encoder
+from .registry import DECODERS, ENCODERS
 
 
+@ENCODERS.register("vit")
 class ViTEncoder(Encoder):
     """Images ``(B, C, H, W)`` -> features ``(B, H/p, W/p, out_dim)``.
 
@@ -73,6 +75,7 @@ class ViTEncoder(Encoder):
         return patch_grid(image_size, self.patch_size)
 
 
+@DECODERS.register("vit")
 class ViTDecoder(Decoder):
     """Latents ``(B, h, w, in_dim)`` -> images ``(B, C, h*p, w*p)``; mirrors :class:`ViTEncoder`."""
 

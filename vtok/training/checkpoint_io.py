@@ -1,4 +1,5 @@
-"""Checkpoint files written atomically, read with a clear error, and chosen for resume among the good ones.
+"""Checkpoint files written atomically, read through :func:`vtok.checkpoint.read_checkpoint` (Lightning's resume
+too), and chosen for resume among the good ones.
 
 A checkpoint is written to a temporary file in the same folder, flushed to disk and renamed over the target: a
 process killed during a save (pre-emption, ``kill -9``) or a disk that fills up leaves the previous file as it was,
@@ -17,15 +18,13 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from vtok.checkpoint import UnreadableCheckpointError, read_checkpoint
+
 log = logging.getLogger(__name__)
 
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written; the previous file at that path is unchanged."""
-
-
-class UnreadableCheckpointError(ValueError):
-    """A checkpoint file is truncated, corrupt or not a vtok training checkpoint."""
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -59,33 +58,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O with :func:`atomic_torch_save` for local paths (remote URLs as Lightning does)."""
+    """Lightning's checkpoint I/O with :func:`atomic_torch_save` for local paths, and reads through vtok's one
+    reader (``weights_only=True``, a damaged file named); remote URLs as Lightning does."""
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        return read_checkpoint(path).raw
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_torch_save(checkpoint, path)
         return None
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a training checkpoint (tensors, plain data) on the CPU.
-
-    Raises:
-        FileNotFoundError: no such file.
-        UnreadableCheckpointError: truncated, corrupt, or without ``state_dict`` / ``global_step``; names the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # truncated zip, bad pickle, wrong magic: all mean the same to a user
-        raise UnreadableCheckpointError(f"checkpoint {path} cannot be read ({type(error).__name__}: "
-                                        f"{str(error)[:200]}): truncated or corrupt") from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
-        raise UnreadableCheckpointError(f"checkpoint {path} is not a training checkpoint (no state_dict/global_step)")
-    return checkpoint
 
 
 def newest_good_checkpoint(folder: str | os.PathLike) -> tuple[Path | None, list[str]]:
@@ -98,7 +84,7 @@ def newest_good_checkpoint(folder: str | os.PathLike) -> tuple[Path | None, list
     steps: list[tuple[int, Path]] = []
     for path in candidates + others:
         try:
-            step = int(read_checkpoint(path)["global_step"])
+            step = read_checkpoint(path).step
         except (UnreadableCheckpointError, FileNotFoundError) as error:
             skipped.append(str(error))
             continue

@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from vtok.distributed import is_sharded, shard_like, whole
+
 
 class EMA:
     """A frozen copy of ``model`` whose weights follow ``decay * ema + (1 - decay) * weights``.
@@ -24,12 +26,10 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        from torch.distributed.tensor import DTensor
-
         # the average is a deep copy of the model: its parameters come in the same order
         averages = list(self.model.parameters())
         live = [p if p.dtype == a.dtype else p.to(a.dtype) for a, p in zip(averages, model.parameters())]
-        if any(isinstance(a, DTensor) for a in averages):
+        if any(is_sharded(a) for a in averages):
             for average, param in zip(averages, live):
                 average.lerp_(param, 1.0 - decay)
         else:  # one multi-tensor kernel: the same arithmetic as the loop, bit for bit, without its per-tensor cost
@@ -46,30 +46,21 @@ class EMA:
     def shard_like(self, model: nn.Module) -> None:
         """Shard the average as ``model`` is sharded (``trainer=fsdp``): each rank keeps and updates its slice of
         every sharded weight (``DTensor``), so the EMA costs ``1 / world`` of a copy per rank."""
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
         for name, param in model.named_parameters():
-            if isinstance(param, DTensor):
+            if is_sharded(param):
                 owner, leaf = _owner(self.model, name)
-                whole = getattr(owner, leaf)
-                sharded = distribute_tensor(whole.detach().to(param.device), param.device_mesh, param.placements)
-                setattr(owner, leaf, nn.Parameter(sharded, requires_grad=False))
+                setattr(owner, leaf, nn.Parameter(shard_like(getattr(owner, leaf), param), requires_grad=False))
 
     def state_dict(self) -> dict:
         """Decay, update count and the averaged weights, whole (sharded ones gathered: every rank calls this)."""
-        from torch.distributed.tensor import DTensor
-
-        weights = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in self.model.state_dict().items()}
+        weights = {k: whole(v) for k, v in self.model.state_dict().items()}
         return {"decay": self.decay, "updates": self.updates, "weights": weights}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
         self.decay, self.updates = state["decay"], state["updates"]
         current = self.model.state_dict()
-        weights = {k: distribute_tensor(v.to(current[k].device), current[k].device_mesh, current[k].placements)
-                   if isinstance(current.get(k), DTensor) else v for k, v in state["weights"].items()}
+        weights = {k: shard_like(v, current[k]) if k in current else v for k, v in state["weights"].items()}
         self.model.load_state_dict(weights)
 
 

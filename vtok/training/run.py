@@ -10,14 +10,13 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vtok.checkpoint import load_tokenizer
+from vtok.checkpoint import load_tokenizer, read_checkpoint
 from vtok.config_checks import check_run_config
 
-from .checkpoint_io import newest_good_checkpoint, read_checkpoint
+from .checkpoint_io import newest_good_checkpoint
 from .module import TokenizerModule
 from .progress import route_lightning_logs
 
@@ -101,8 +100,8 @@ def load_stage(module: TokenizerModule, path: str) -> None:
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"init.checkpoint={path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint["state_dict"]
+    checkpoint = read_checkpoint(path)
+    state = checkpoint.state_dict
     if not any(key.startswith("tokenizer.") for key in state):
         raise ValueError(f"init.checkpoint={path} holds no tokenizer weights: it was not written by vtok's trainer")
     missing, unexpected = module.load_state_dict(state, strict=False)
@@ -110,9 +109,9 @@ def load_stage(module: TokenizerModule, path: str) -> None:
     if tokenizer_missing or unexpected:
         raise ValueError(f"init.checkpoint={path} does not fit this run's tokenizer or loss terms: missing "
                          f"{tokenizer_missing[:5]}, unexpected {unexpected[:5]}")
-    if module.ema is not None and "ema" in checkpoint:
-        module.ema.load_state_dict(checkpoint["ema"])
-    log.info("started from %s (step %s); not in it, kept as built: %s", path, checkpoint.get("global_step"),
+    if module.ema is not None and checkpoint.ema is not None:
+        module.ema.load_state_dict(checkpoint.ema)
+    log.info("started from %s (step %s); not in it, kept as built: %s", path, checkpoint.step,
              sorted({key.split(".")[0] + "." + key.split(".")[1] for key in missing}) or "nothing")
 
 

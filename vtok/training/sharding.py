@@ -17,17 +17,21 @@ Lightning's own ``FSDPStrategy`` (FSDP1) needs a GPU; this strategy (FSDP2 throu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from functools import partial
+from typing import Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
 
-from vtok.distributed import is_distributed, world_size
+from vtok.distributed import all_reduce_sum, fully_shard, is_distributed, is_sharded, whole, world_size
 from vtok.modules.conv import AttnBlock, ResBlock
 from vtok.modules.transformer import Block
+
+log = logging.getLogger(__name__)
 
 # The tokenizer's repeated units: each becomes one FSDP unit (its parameters gathered together).
 SHARDED_BLOCKS: tuple[type[nn.Module], ...] = (Block, ResBlock, AttnBlock)
@@ -55,11 +59,36 @@ class ShardedDataParallel(ModelParallelStrategy):
 
 def shard_blocks(modules: Sequence[nn.Module], mesh) -> int:
     """Apply ``fully_shard`` to each module (outermost first is not needed: they must not nest). Returns the count."""
-    from torch.distributed.fsdp import fully_shard
-
     for module in modules:
         fully_shard(module, mesh=mesh)
     return len(modules)
+
+
+def shard_for_fsdp(tokenizer: nn.Module, loss: Any, ema: Any, mesh: Any, parameters: Iterable[nn.Parameter]) -> None:
+    """Shard the tokenizer's blocks and the loss terms' large modules over ``mesh``, and the EMA like them; logs
+    how much of the trainable model that covers (``parameters``: the whole training module's)."""
+    blocks = [*tokenizer_blocks(tokenizer), *loss.shardable_modules()]
+    shard_blocks(blocks, mesh)
+    sharded = sum(p.numel() for block in blocks for p in block.parameters())  # whole sizes (DTensor numel)
+    trainable = sum(p.numel() for p in parameters if p.requires_grad)
+    log.info("trainer=fsdp: %d blocks sharded over %d ranks, %.2f M of %.2f M trainable parameters (the rest "
+             "stays whole on every rank)", len(blocks), mesh.size(), sharded / 1e6, trainable / 1e6)
+    if ema is not None:
+        ema.shard_like(tokenizer)
+
+
+def clip_gradients(tokenizer: nn.Module, loss: Any, optimizer: Any, max_norm: float, sharded: bool
+                   ) -> tuple[Tensor, Tensor]:
+    """One training step's gradients made ready: under FSDP the whole parts averaged over ranks, then tokenizer
+    (with the terms' heads) and discriminator clipped separately to ``max_norm`` (0: measured, not clipped, since
+    the norm is also what tells a non-finite gradient). Returns ``(tokenizer norm, discriminator norm)``; the
+    second is the first without a discriminator."""
+    if sharded:  # FSDP reduced the blocks' gradients; the whole parts are averaged here
+        average_replicated_gradients(p for group in optimizer.param_groups for p in group["params"])
+    clip = clip_grad_norm if sharded else partial(torch.nn.utils.clip_grad_norm_, foreach=True)
+    limit = max_norm or float("inf")
+    norm = clip([*tokenizer.parameters(), *loss.head_parameters()], limit)
+    return norm, clip(loss.discriminator.parameters(), limit) if loss.discriminator is not None else norm
 
 
 def tokenizer_blocks(tokenizer: nn.Module) -> list[nn.Module]:
@@ -82,12 +111,12 @@ def average_replicated_gradients(params: Iterable[nn.Parameter]) -> None:
     joins the same collective."""
     if not is_distributed():
         return
-    replicated = [p for p in params if p.requires_grad and not isinstance(p, DTensor)]
+    replicated = [p for p in params if p.requires_grad and not is_sharded(p)]
     if not replicated:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in replicated]
     flat = torch.cat([g.reshape(-1).float() for g in grads])
-    torch.distributed.all_reduce(flat)
+    all_reduce_sum(flat)
     flat /= world_size()
     offset = 0
     for p, g in zip(replicated, grads, strict=True):
@@ -105,7 +134,7 @@ def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> Tensor:
     squares = []
     for g in grads:
         norm = torch.linalg.vector_norm(g, dtype=torch.float32)
-        squares.append((norm.full_tensor() if isinstance(norm, DTensor) else norm) ** 2)
+        squares.append(whole(norm) ** 2)
     total = torch.stack(squares).sum().sqrt()
     coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:
@@ -115,5 +144,4 @@ def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> Tensor:
 
 def full_state_dict(module: nn.Module) -> dict[str, Tensor]:
     """``module.state_dict()`` with every sharded tensor gathered whole (a collective: every rank calls it)."""
-    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
-            for k, v in module.state_dict().items()}
+    return {k: whole(v).detach().clone() for k, v in module.state_dict().items()}
