@@ -99,3 +99,34 @@ def test_all_loggers_including_wandb_offline(tmp_path):
     for column in ("train/total", "train/codebook_usage", "train/codebook_perplexity", "train/lr",
                    "train/images_per_second", "train/quantizer/commitment"):
         assert column in header, column
+
+
+# Every command: (argv, a key its --help must list). The small commands share vtok.cli; train and eval are Hydra's.
+COMMANDS = {
+    "train": ([sys.executable, "train.py", "--help"], "experiment"),
+    "eval": ([sys.executable, "-m", "vtok.eval", "--help"], "ckpt"),
+    "export": ([sys.executable, "-m", "vtok.hub", "--help"], "weights  (str, default 'ema')"),
+    "shards": ([sys.executable, "-m", "vtok.data.shards", "--help"], "maxcount  (int, default 1000)"),
+    "samples": ([sys.executable, "-m", "vtok.data.samples", "--help"], "force  (bool, default False)"),
+    "weights": ([sys.executable, "-m", "vtok.weights", "--help"], "out  (str, required)"),
+    "caption": ([sys.executable, "-m", "vtok.llm.caption", "--help"], "images  (list[str], required)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_answers_help_with_its_keys(name):
+    argv, listed = COMMANDS[name]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert listed in result.stdout, result.stdout[-2000:]
+
+
+def test_a_command_names_an_unknown_or_mistyped_key():
+    from vtok.data.shards import main as shards_main
+
+    for argv, message in ((["src=a", "out=b", "maxcout=3"], "maxcout"),
+                          (["src=a", "out=b", "maxcount=three"], "maxcount")):
+        code = f"from vtok.data.shards import main; raise SystemExit(main({argv!r}))"
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and message in result.stderr and "vtok-shards --help" in result.stderr
+    assert shards_main(["src=a"]) == 2  # out= missing

@@ -35,7 +35,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 def test_shard_writer_reader_round_trip_with_corrupt_files(image_folder, tmp_path, capsys):
     out = tmp_path / "shards"
-    shards_main([str(image_folder), str(out), "--maxcount", "3"])
+    assert shards_main([f"src={image_folder}", f"out={out}", "maxcount=3"]) == 0
     summary = capsys.readouterr().out
     assert "wrote 7 images (1 with captions) into 3 shards" in summary
     assert "skipped 2 unusable files {'empty': 1, 'undecodable': 1}: empty, truncated" in summary
@@ -74,8 +74,7 @@ def test_missing_and_empty_paths_are_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="image folder not found"):
         ImageFolder(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit):
-        shards_main([str(tmp_path / "empty"), str(tmp_path / "out")])
+    assert shards_main([f"src={tmp_path / 'empty'}", f"out={tmp_path / 'out'}"]) == 2
 
 
 def _stream_shards(tmp_path, n=40):

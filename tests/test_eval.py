@@ -72,3 +72,48 @@ def test_a_fixed_size_tokenizer_refuses_data_it_cannot_decode_with_the_overrides
         check_data_fits(64, OmegaConf.create({"val_crop": "full", "image_size": 256}))
     assert default_out_dir(tmp_path / "run/checkpoints/last.ckpt", tmp_path / "outputs") == tmp_path / "run/eval"
     assert default_out_dir(Path("org/model"), tmp_path / "outputs") == tmp_path / "outputs/eval/org--model"
+
+
+def test_a_new_loss_term_reports_through_its_own_evaluation_alone(tmp_path):
+    """The evaluation loop and the end-of-run summary know no term by name or class: a term defined here, with its
+    own evaluation, reaches the report and the summary untouched."""
+    from vtok.experiment import summary
+    from vtok.losses import LossTerm, TermEvaluation
+
+    class MeanLatent(TermEvaluation):
+        protocol = "mean of the quantized features"
+
+        def __init__(self) -> None:
+            self.values: list[float] = []
+
+        def update(self, inputs) -> None:
+            self.values += inputs.output.features["quantized"].flatten(1).mean(1).tolist()
+
+        def gather(self) -> None:
+            pass
+
+        def report(self) -> dict:
+            mean = sum(self.values) / len(self.values)
+            return {"mean": mean, "num_images": len(self.values), "summary": [f"mean latent {mean:.4f}", "detail"]}
+
+    class Probe(LossTerm):
+        features = ("quantized",)
+
+        def evaluation(self) -> TermEvaluation:
+            return MeanLatent()
+
+    class Silent(LossTerm):  # no evaluation: nothing in the report
+        features = ("encoder",)
+
+    tokenizer = Tokenizer(**tiny_tokenizer_config()).eval()
+    loader = torch.utils.data.DataLoader(SyntheticCaptions(length=5, size=32), batch_size=2)
+    report = evaluate_to_dir(tokenizer, loader, tmp_path, baselines=False, terms={"probe": Probe(), "quiet": Silent()})
+    with torch.no_grad():
+        expected = torch.cat([tokenizer(b["image"], features=("quantized",)).features["quantized"].flatten(1).mean(1)
+                              for b in loader])
+    assert report["semantic"].keys() == {"probe"}
+    assert report["semantic"]["probe"]["num_images"] == 5
+    assert report["semantic"]["probe"]["mean"] == pytest.approx(float(expected.mean()), abs=1e-6)
+    assert report["semantic_protocol"] == {"probe": "mean of the quantized features"}
+    text = summary({"train_steps": 1, "train_seconds": 1.0, "checkpoint": "x.ckpt", "report": report})
+    assert f"  probe: mean latent {report['semantic']['probe']['mean']:.4f}\n    detail" in text

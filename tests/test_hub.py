@@ -171,6 +171,6 @@ def test_export_cli_takes_ema_weights_from_a_lightning_checkpoint(tmp_path):
 
 def test_export_cli_help_and_missing_arguments(capsys):
     assert export_main(["--help"]) == 0
-    assert "ckpt=PATH" in capsys.readouterr().out
+    assert "usage: vtok-export ckpt=... out=..." in capsys.readouterr().out
     assert export_main(["out=somewhere"]) == 2
-    assert "usage: vtok-export" in capsys.readouterr().err
+    assert "vtok-export: missing required key(s): ckpt=..." in capsys.readouterr().err

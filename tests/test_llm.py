@@ -174,7 +174,7 @@ def test_stage_runs_export_and_caption_from_the_command_line(llm_folder, tmp_pat
     Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "red.png")
     for source in (ckpt, exported):
         result = subprocess.run([sys.executable, "-m", "vtok.llm.caption", f"ckpt={source}",
-                                 f"image={tmp_path / 'red.png'}", "max_new_tokens=5"], cwd=ROOT, capture_output=True,
+                                 f"images=[{tmp_path / 'red.png'}]", "max_new_tokens=5"], cwd=ROOT, capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0 and f"{tmp_path / 'red.png'}: " in result.stdout, result.stderr[-2000:]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import torch
 
 import vtok
 from vtok.checkpoint import TrainingCheckpoint, load_tokenizer, read_checkpoint, tokenizer_from_checkpoint
+from vtok.cli import key
+from vtok.cli import run as run_command
 from vtok.tokenizers import Tokenizer
 
 __all__ = ["export", "load_tokenizer", "main", "model_card", "push"]
@@ -101,41 +104,41 @@ def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
     return f"https://huggingface.co/{repo_id}"
 
 
-EXPORT_USAGE = """usage: vtok-export ckpt=PATH out=DIR [weights=ema|live] [report=PATH] [name=NAME] [push=ORG/NAME]
+@dataclass
+class ExportCommand:
+    """The keys of ``vtok-export``."""
 
-Write a trained tokenizer in Hugging Face hub format: model.safetensors, config.json (no code references)
-and a model card (README.md) with the evaluation report's numbers.
+    ckpt: str = key(help="a training checkpoint (outputs/RUN/checkpoints/last.ckpt) or an exported folder")
+    out: str = key(help="the folder to write")
+    weights: str = key("ema", "ema (the weight average, when the run kept one) or live")
+    report: str | None = key(None, "report.json for the model card (default: the run's eval/report.json or "
+                                      "report.json beside the checkpoint)")
+    name: str | None = key(None, "model name in the card (default: push's repo id, else the folder name)")
+    push: str | None = key(None, "also upload to the hub as ORG/NAME (needs network access and a token)")
 
-  ckpt=PATH      a Lightning checkpoint (outputs/RUN/checkpoints/last.ckpt) or an exported folder
-  out=DIR        folder to write
-  weights=ema    ema (default, when the checkpoint has EMA weights) or live
-  report=PATH    report.json for the model card (default: the run's eval/report.json or report.json)
-  name=NAME      model name in the card (default: push's repo id, else the folder name)
-  push=ORG/NAME  also upload to the hub (needs network access and a token)"""
+
+EXPORT_HELP = ("Write a trained tokenizer in Hugging Face hub format: model.safetensors, config.json (plain data, no "
+               "code references) and a model card (README.md) with the evaluation report's numbers; an ETT run's "
+               "LLM bridge goes to llm_bridge/.")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``vtok-export ckpt=PATH out=DIR [push=ORG/NAME] [weights=ema|live] [report=PATH] [name=NAME]``."""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(EXPORT_USAGE)
-        return 0
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    if "ckpt" not in args or "out" not in args:
-        print(EXPORT_USAGE, file=sys.stderr)
-        return 2
-    ckpt, weights = Path(args["ckpt"]), args.get("weights", "ema")
+    """``vtok-export ckpt=PATH out=DIR [weights=ema|live] [report=PATH] [name=NAME] [push=ORG/NAME]``."""
+    return run_command("vtok-export", EXPORT_HELP, ExportCommand, _export_command, argv)
+
+
+def _export_command(args: ExportCommand) -> int:
+    ckpt = Path(args.ckpt)
     bridge = weights_step = None
     if ckpt.suffix == ".ckpt":  # read once: tokenizer, LLM bridge and step
         checkpoint = read_checkpoint(ckpt)
-        tokenizer, source = tokenizer_from_checkpoint(checkpoint, weights)
+        tokenizer, source = tokenizer_from_checkpoint(checkpoint, args.weights)
         bridge, weights_step = _bridge_of(checkpoint), checkpoint.step
     else:
-        tokenizer, source = load_tokenizer(ckpt, weights=weights)
-    report_path = Path(args["report"]) if "report" in args else _report_beside(ckpt)
+        tokenizer, source = load_tokenizer(ckpt, weights=args.weights)
+    report_path = Path(args.report) if args.report else _report_beside(ckpt)
     report = json.loads(report_path.read_text()) if report_path and report_path.is_file() else None
-    out = export(tokenizer, args["out"], report, name=args.get("name") or args.get("push"), source=source,
-                 weights_step=weights_step)
+    out = export(tokenizer, args.out, report, name=args.name or args.push, source=source, weights_step=weights_step)
     print(f"exported {source} to {out}" + (f" with the report {report_path}" if report else " (no report found)"))
     if report and weights_step is not None and report.get("train_steps") not in (None, weights_step):
         print(f"WARNING: the weights are from step {weights_step} but the report describes step "
@@ -145,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         from vtok.llm.export import save_bridge
 
         print(f"exported the LLM bridge (projector, markers, trained LLM weights) to {save_bridge(out, *bridge)}")
-    if "push" in args:
-        print(f"pushed: {push(out, args['push'])}")
+    if args.push:
+        print(f"pushed: {push(out, args.push)}")
     return 0
 
 

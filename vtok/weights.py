@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 
+from vtok.cli import key
+from vtok.cli import run as run_command
+
 
 @dataclass(frozen=True)
 class PretrainedFile:
@@ -148,18 +151,29 @@ def download(name: str, out_dir: Path) -> Path:
     return target
 
 
+@dataclass
+class WeightsCommand:
+    """The keys of ``python -m vtok.weights`` (any other key=value is a training override)."""
+
+    out: str = key(help="folder to download into (files at the top, transformers models under models/)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vtok.weights out=DIR [overrides...]``: fetch every pretrained file the config needs."""
+    """``python -m vtok.weights out=DIR [training overrides...]``: fetch every pretrained file the config needs."""
+    return run_command("python -m vtok.weights", "Download every pretrained file and model a training config "
+                       "needs, check each checksum, and print the overrides that point the config at them.",
+                       WeightsCommand, _weights_command, argv,
+                       passthrough="Every other key=value (experiment=NAME, loss.terms...) is an override of the "
+                                   "training config whose needs are fetched, as train.py takes it.")
+
+
+def _weights_command(parsed: tuple[WeightsCommand, list[str]]) -> int:
     from hydra import compose, initialize_config_dir
 
     from vtok.config import config_dir
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    out = next((a.split("=", 1)[1] for a in args if a.startswith("out=")), None)
-    if out is None:
-        print("usage: python -m vtok.weights out=DIR [experiment=NAME other=overrides ...]", file=sys.stderr)
-        return 2
-    overrides = [a for a in args if not a.startswith("out=")]
+    args, overrides = parsed
+    out = args.out
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         cfg = compose(config_name="train", overrides=overrides)
     needed, models = files_needed(cfg), models_needed(cfg)
@@ -167,17 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         print("this config needs no pretrained files")
         return 0
     failures, keys = 0, []
-    for source, key in models:
+    for source, config_key in models:
         try:
-            keys.append(f"{key}={download_model(source, Path(out)).resolve()}")
-            print(f"ok       {source} ({key})")
+            keys.append(f"{config_key}={download_model(source, Path(out)).resolve()}")
+            print(f"ok       {source} ({config_key})")
         except Exception as error:  # report every model, then fail
             failures += 1
-            print(f"FAILED   {source} ({key}): {type(error).__name__}: {error}", file=sys.stderr)
-    for name, key in needed:
+            print(f"FAILED   {source} ({config_key}): {type(error).__name__}: {error}", file=sys.stderr)
+    for name, config_key in needed:
         try:
             path = download(name, Path(out))
-            keys.append(f"{key}={path.resolve()}")
+            keys.append(f"{config_key}={path.resolve()}")
             print(f"ok       {FILES[name].filename} ({FILES[name].what})")
         except Exception as error:  # report every file, then fail
             failures += 1

@@ -3,19 +3,22 @@
 Sources: ``skimage.data`` (scikit-image), ``sklearn.datasets.load_sample_images`` (scikit-learn) and
 matplotlib's ``grace_hopper.jpg``. The split is by image: a validation photo is never cropped for training.
 
-    python -m vtok.data.samples OUT_DIR
+    python -m vtok.data.samples out=OUT_DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from vtok.cli import key
+from vtok.cli import run as run_command
 
 from .shards import write_shards
 
@@ -101,13 +104,19 @@ def build_sample_shards(out_dir: str | Path, force: bool = False) -> Path:
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vtok.data.samples", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", help="folder for train-*.tar and val-*.tar")
-    parser.add_argument("--force", action="store_true", help="rewrite even if the shards exist")
-    args = parser.parse_args(argv)
-    print(f"sample shards in {build_sample_shards(args.out, force=args.force)}")
+@dataclass
+class SamplesCommand:
+    """The keys of ``python -m vtok.data.samples``."""
+
+    out: str = key(help="folder for train-*.tar and val-*.tar")
+    force: bool = key(False, "rewrite the shards even if they exist")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("python -m vtok.data.samples", __doc__.split("\n\n")[0], SamplesCommand,
+                       lambda args: print(f"sample shards in {build_sample_shards(args.out, force=args.force)}"),
+                       argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,10 +1,10 @@
 """Write an image folder into WebDataset tar shards.
 
-    python -m vtok.data.shards SRC_DIR OUT_DIR --maxcount 1000
-    vtok-shards coco/val2017 shards/ --captions coco/annotations/captions_val2017.json --prefix val
+    vtok-shards src=SRC_DIR out=OUT_DIR maxcount=1000      (or python -m vtok.data.shards ...)
+    vtok-shards src=coco/val2017 out=shards/ captions=coco/annotations/captions_val2017.json prefix=val
 
 Captions come from a sidecar ``NAME.txt`` next to ``NAME.jpg`` when present, or from a COCO-style annotation
-file (``--captions``: ``images`` with ``id`` and ``file_name``, ``annotations`` with ``image_id`` and
+file (``captions=``: ``images`` with ``id`` and ``file_name``, ``annotations`` with ``image_id`` and
 ``caption``). A sample with captions carries the first as ``txt`` and all of them as ``json``
 (``{"captions": [...]}``), from which the reader draws one per visit. Unreadable images are skipped, counted
 and listed in the summary.
@@ -12,16 +12,19 @@ and listed in the summary.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import webdataset as wds
 from tqdm import tqdm
+
+from vtok.cli import key
+from vtok.cli import run as run_command
 
 from .decode import BadImage, decode_image
 from .transforms import IMAGE_EXTENSIONS
@@ -161,22 +164,31 @@ def _read_caption(path: Path) -> str:
         return data.decode("utf-8", errors="replace").strip()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vtok.data.shards", description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", help="folder of images (searched recursively)")
-    parser.add_argument("out", help="folder for the tar shards")
-    parser.add_argument("--maxcount", type=int, default=1000, help="images per shard (default 1000)")
-    parser.add_argument("--prefix", default="shard", help="shard file prefix (default 'shard')")
-    parser.add_argument("--no-verify", action="store_true", help="do not decode images before writing")
-    parser.add_argument("--captions", help="COCO-style caption annotations (e.g. captions_train2017.json)")
-    args = parser.parse_args(argv)
+@dataclass
+class ShardsCommand:
+    """The keys of ``vtok-shards``."""
+
+    src: str = key(help="folder of images (searched recursively; NAME.txt beside an image is its caption)")
+    out: str = key(help="folder for the tar shards")
+    prefix: str = key("shard", "shard file prefix: PREFIX-000000.tar, ...")
+    maxcount: int = key(1000, "images per shard")
+    captions: str | None = key(None, "COCO-style caption annotations (e.g. captions_train2017.json)")
+    verify: bool = key(True, "decode every image before writing it (unusable files are skipped and counted)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("vtok-shards", __doc__.split("\n\n")[0], ShardsCommand, _shards_command, argv)
+
+
+def _shards_command(args: ShardsCommand) -> int:
     items, total = folder_items(args.src, coco_captions(args.captions) if args.captions else None)
     if total == 0:
-        parser.error(f"no images found under {args.src}")
-    summary = write_shards(items, args.out, prefix=args.prefix, maxcount=args.maxcount, total=total,
-                           verify=not args.no_verify)
-    print(summary)
+        print(f"vtok-shards: no images found under {args.src}", file=sys.stderr)
+        return 2
+    print(write_shards(items, args.out, prefix=args.prefix, maxcount=args.maxcount, total=total,
+                       verify=args.verify))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -129,8 +129,8 @@ class ShardDataset(IterableDataset):
         if self.resampled:
             if rank == 0 and worker == 0:
                 log.warning("%s: readers draw shards at random, so several often read the same shard at the same "
-                            "time and batches mix fewer shards; write more, smaller shards (python -m "
-                            "vtok.data.shards ... --maxcount N)", numbers)
+                            "time and batches mix fewer shards; write more, smaller shards (vtok-shards "
+                            "... maxcount=N)", numbers)
         elif self.epoch_length is not None:
             raise ValueError(f"{numbers}: a one-pass stream of fixed epoch length leaves "
                              f"{readers - len(self.urls)} reader(s) with nothing to read; use resampled=true or "

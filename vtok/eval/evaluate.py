@@ -29,7 +29,7 @@ from vtok.tokenizers import Tokenizer
 from .baselines import jpeg_at_bpp, patch_mean_at_bpp
 from .fid import FIDMeter
 from .metrics import psnr, ssim
-from .semantic import SemanticMeter
+from .semantic import TermMeter
 from .token_budget import TokenBudgetMeter, plot_quality_vs_tokens
 
 GRID_SIZE = 192  # side of each tile in reconstructions.png
@@ -192,7 +192,7 @@ def evaluate(
     """
     meter = EvaluationMeter(tokenizer, fid, lpips, target_psnr, keep_images=baseline_max_images,
                             grid_images=grid_images)
-    semantic = SemanticMeter(tokenizer, terms or {})
+    semantic = TermMeter(tokenizer, terms or {})
     skipped: dict[str, int] = {}  # unusable samples by kind (undecodable, too_small, ...), left out of every metric
     if tokenizer.condition_dim is not None and text_encoder is None:
         raise ValueError("this tokenizer is conditioned on captions: evaluating it needs the run's text encoder "

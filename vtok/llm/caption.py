@@ -1,12 +1,14 @@
-"""``python -m vtok.llm.caption ckpt=PATH image=PATH [image=PATH ...] [max_new_tokens=40] [weights=live]``
+"""``python -m vtok.llm.caption ckpt=PATH images=[a.jpg,b.png] [max_new_tokens=40] [weights=live]``
 
 Prints what a tuned LLM says about images: ``ckpt`` is an ETT run's checkpoint (``.ckpt``) or a folder exported
 with ``vtok-export`` (tokenizer + ``llm_bridge/``). Images are resized and centre-cropped to the tokenizer's size.
+An entry point (the top layer): it reads images with the data pipeline's transform.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +16,13 @@ import torch
 from PIL import Image
 
 from vtok.checkpoint import load_tokenizer, read_checkpoint, tokenizer_from_checkpoint
+from vtok.cli import key
+from vtok.cli import run as run_command
 from vtok.data.transforms import ImageTransform
 from vtok.tokenizers import Tokenizer
 
 from .bridge import ImageToText
 from .export import bridge_from_checkpoint, build_bridge, load_bridge
-
-USAGE = __doc__.split("\n\n")[0].strip("`")
 
 
 def load(source: str, weights: str = "live") -> tuple[Tokenizer, ImageToText, str]:
@@ -53,22 +55,31 @@ def caption(tokenizer: Tokenizer, bridge: ImageToText, feature: str, images: tor
     return bridge.generate(codes.flatten(1, -2), max_new_tokens=max_new_tokens)
 
 
+@dataclass
+class CaptionCommand:
+    """The keys of ``python -m vtok.llm.caption``."""
+
+    ckpt: str = key(help="an ETT run's checkpoint (.ckpt) or a folder exported with vtok-export")
+    images: list[str] = key(help="image files to caption, e.g. images=[a.jpg,b.png] (one: images=[a.jpg])")
+    max_new_tokens: int = key(40, "longest caption, in LLM tokens")
+    weights: str = key("live", "live or ema tokenizer weights (a checkpoint's); ETT trains the live ones")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args) or not any(a.startswith("ckpt=") for a in args):
-        print(__doc__)
-        return 0 if args else 2
-    options = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("image="))
-    paths = [a.split("=", 1)[1] for a in args if a.startswith("image=")]
-    if not paths:
-        print("give at least one image=PATH", file=sys.stderr)
+    return run_command("python -m vtok.llm.caption", "Print what a tuned LLM says about images.", CaptionCommand,
+                       _caption_command, argv)
+
+
+def _caption_command(args: CaptionCommand) -> int:
+    if not args.images:
+        print("give at least one image: images=[PATH]", file=sys.stderr)
         return 2
-    tokenizer, bridge, feature = load(options["ckpt"], options.get("weights", "live"))
+    tokenizer, bridge, feature = load(args.ckpt, args.weights)
     size = tokenizer.fixed_size or tokenizer.image_size
     transform = ImageTransform(size=size, mode="center", flip=False)
-    for path in paths:
+    for path in args.images:
         image = transform(Image.open(path).convert("RGB"), np.random.default_rng(0))[None]
-        print(f"{path}: {caption(tokenizer, bridge, feature, image, int(options.get('max_new_tokens', 40)))[0]}")
+        print(f"{path}: {caption(tokenizer, bridge, feature, image, args.max_new_tokens)[0]}")
     return 0
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vtok.losses.term import LossTerm, TermInputs
+from vtok.distributed import gather_list
+from vtok.losses.term import LossTerm, TermEvaluation, TermInputs
 from vtok.tokenizers.tokenizer import plain_data
 
 from .bridge import ImageToText
+
+CAPTION_EXAMPLES = 3  # generated captions kept in the report
 
 
 class CaptionLoss(LossTerm):
@@ -81,8 +85,56 @@ class CaptionLoss(LossTerm):
             quantized = codes + (quantized - quantized.detach())
         return quantized.flatten(1, -2)
 
+    def evaluation(self) -> CaptionEvaluation:
+        return CaptionEvaluation(self)
+
     def forward(self, inputs: TermInputs) -> tuple[Tensor, dict[str, Tensor]]:
         if inputs.captions is None:
             raise ValueError("the caption loss got a batch without captions")
         loss = self._bridge().caption_loss(self.image_tokens(inputs), list(inputs.captions), inputs.prompts)
         return self.weight * loss, {"loss": loss.detach(), "perplexity": torch.exp(loss.detach().clamp(max=20))}
+
+
+class CaptionEvaluation(TermEvaluation):
+    """The LLM's held-out caption loss, and what it says about the first images (needs captions)."""
+
+    protocol = ("mean next-token loss of each held-out image's caption (the first, when it has several) given the "
+                f"image's tokens, per image then over images; greedy captions of the first {CAPTION_EXAMPLES} images")
+
+    def __init__(self, term: CaptionLoss) -> None:
+        self.term = term
+        self.losses: list[float] = []
+        self.examples: list[dict[str, str]] = []
+
+    @torch.no_grad()
+    def update(self, inputs: TermInputs) -> None:
+        if inputs.captions is None:
+            return
+        for b in range(inputs.images.shape[0]):  # per image: a mean over images, whatever the batching
+            one = TermInputs(inputs.images[b: b + 1], _row(inputs.output, b), None, [inputs.captions[b]], None,
+                             inputs.tokenizer)
+            self.losses.append(float(self.term(one)[1]["loss"]))
+        if len(self.examples) < CAPTION_EXAMPLES:
+            count = CAPTION_EXAMPLES - len(self.examples)
+            generated = self.term.bridge.generate(self.term.image_tokens(inputs)[:count])
+            self.examples += [{"reference": r, "generated": g} for r, g in zip(inputs.captions, generated)]
+
+    def gather(self) -> None:
+        self.losses = gather_list(self.losses)
+
+    def report(self) -> dict[str, Any]:
+        if not self.losses:
+            return {}
+        loss = float(torch.tensor(self.losses).mean())
+        summary = [f"held-out caption loss {loss:.3f} over {len(self.losses)} images"]
+        summary += [f"{e['generated']!r} (reference: {e['reference']!r})" for e in self.examples]
+        return {"caption_loss": loss, "num_images": len(self.losses), "examples": self.examples,
+                "feature": self.term.feature, "summary": summary}
+
+
+def _row(output: Any, b: int) -> Any:
+    """Image ``b`` of a tokenizer output (tokens and features), as a batch of one."""
+    tokens = replace(output.tokens, indices=None if output.tokens.indices is None else output.tokens.indices[b: b + 1],
+                     latents=output.tokens.latents[b: b + 1])
+    return replace(output, reconstruction=output.reconstruction[b: b + 1], tokens=tokens,
+                   features={k: v[b: b + 1] for k, v in output.features.items()})

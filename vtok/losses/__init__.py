@@ -7,11 +7,11 @@ from .gan import adaptive_weight, discriminator_loss, generator_loss
 from .gram import GramLoss
 from .lecam import LeCam
 from .perceptual import LPIPS, MissingWeightsError
-from .term import LossTerm, TermInputs
+from .term import LossTerm, TermEvaluation, TermInputs
 from .tokenizer_loss import TokenizerLoss
 
 __all__ = [
     "LPIPS", "GramLoss", "ImageTextContrastive", "LeCam", "LossTerm", "MissingWeightsError", "PatchDiscriminator",
-    "SemanticDistillation", "TermInputs", "TokenizerLoss", "adaptive_weight", "discriminator_loss",
+    "SemanticDistillation", "TermEvaluation", "TermInputs", "TokenizerLoss", "adaptive_weight", "discriminator_loss",
     "generator_loss",
 ]

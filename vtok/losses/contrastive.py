@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vtok.distributed import gather_with_grad, is_distributed, rank
+from vtok.distributed import gather_list, gather_with_grad, is_distributed, rank
 
-from .term import LossTerm, TermInputs
+from .term import LossTerm, TermEvaluation, TermInputs
+
+RECALL_AT = (1, 5)
 
 
 class ImageTextContrastive(LossTerm):
@@ -56,6 +59,9 @@ class ImageTextContrastive(LossTerm):
         image = self.image_head(features.float().flatten(1, -2).mean(1))
         return F.normalize(image, dim=-1), F.normalize(self.text_head(text.float()), dim=-1)
 
+    def evaluation(self) -> ContrastiveEvaluation:
+        return ContrastiveEvaluation(self)
+
     def forward(self, inputs: TermInputs) -> tuple[Tensor, dict[str, Tensor]]:
         if inputs.text is None:
             raise ValueError("the image-text contrastive loss got a batch without captions")
@@ -76,3 +82,49 @@ class ImageTextContrastive(LossTerm):
         return self.weight * loss, {"loss": loss.detach(), "accuracy": accuracy.detach(),
                                     "temperature": (1 / scale).detach()}
 
+
+
+class ContrastiveEvaluation(TermEvaluation):
+    """Image-to-caption retrieval among all held-out images (needs captions)."""
+
+    protocol = ("each held-out image and its caption (the first, when it has several) embedded; recall@1 and "
+                "recall@5 of finding an image's own caption among all held-out captions, with chance (k / N)")
+
+    def __init__(self, term: ImageTextContrastive) -> None:
+        self.term = term
+        self.images: list[Tensor] = []
+        self.captions: list[Tensor] = []
+
+    def update(self, inputs: TermInputs) -> None:
+        if inputs.text is None:
+            return
+        image, caption = self.term.embed(inputs.output.features[self.term.feature], inputs.text)
+        self.images.append(image.cpu())
+        self.captions.append(caption.cpu())
+
+    def gather(self) -> None:
+        self.images, self.captions = gather_list(self.images), gather_list(self.captions)
+
+    def report(self) -> dict[str, Any]:
+        if not self.images:
+            return {}
+        figures = {**retrieval(torch.cat(self.images), torch.cat(self.captions)), "feature": self.term.feature}
+        figures["summary"] = [
+            f"image-to-caption R@1 {figures['recall_at_1']:.1%} (chance {figures['chance_at_1']:.1%}), R@5 "
+            f"{figures['recall_at_5']:.1%} (chance {figures['chance_at_5']:.1%}) over {figures['num_images']} "
+            "held-out images"]
+        return figures
+
+
+def retrieval(images: Tensor, captions: Tensor) -> dict[str, Any]:
+    """``(N, E)`` unit image and caption embeddings (row ``i`` of each belongs together) -> image-to-caption
+    recall@k and chance ``k / N``."""
+    similarity = images @ captions.t()
+    own = similarity.diagonal().unsqueeze(1)
+    rank_of_own = (similarity > own).sum(1)  # captions scored above the image's own (ties count in its favour)
+    n = images.shape[0]
+    out: dict[str, Any] = {"num_images": n}
+    for k in RECALL_AT:
+        out[f"recall_at_{k}"] = float((rank_of_own < k).float().mean())
+        out[f"chance_at_{k}"] = min(1.0, k / n)
+    return out

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vtok.distributed import gather_list
 from vtok.teachers import ImageTeacher
 
-from .term import LossTerm, TermInputs
+from .term import LossTerm, TermEvaluation, TermInputs
 
 DISTANCES = ("cosine", "smooth_l1")
 
@@ -66,6 +67,9 @@ class SemanticDistillation(LossTerm):
         predicted, target = self.predict_and_target(images, features)
         return F.cosine_similarity(predicted, target, dim=-1).mean(1)
 
+    def evaluation(self) -> DistillationEvaluation:
+        return DistillationEvaluation(self)
+
     def forward(self, inputs: TermInputs) -> tuple[Tensor, dict[str, Tensor]]:
         predicted, target = self.predict_and_target(inputs.images, inputs.output.features[self.feature])
         cosine = F.cosine_similarity(predicted, target, dim=-1)
@@ -74,3 +78,26 @@ class SemanticDistillation(LossTerm):
         else:
             loss = F.smooth_l1_loss(predicted, target)
         return self.weight * loss, {"loss": loss.detach(), "cosine": cosine.mean().detach()}
+
+
+class DistillationEvaluation(TermEvaluation):
+    """Agreement with the teacher on held-out images."""
+
+    protocol = ("mean cosine between the tokenizer's projected features and the teacher's, per image (over "
+                "positions) then over images")
+
+    def __init__(self, term: SemanticDistillation) -> None:
+        self.term, self.cosines = term, []
+
+    def update(self, inputs: TermInputs) -> None:
+        self.cosines += self.term.cosine(inputs.images, inputs.output.features[self.term.feature]).tolist()
+
+    def gather(self) -> None:
+        self.cosines = gather_list(self.cosines)
+
+    def report(self) -> dict[str, Any]:
+        if not self.cosines:
+            return {}
+        cosine = float(torch.tensor(self.cosines).mean())
+        return {"teacher_cosine": cosine, "feature": self.term.feature, "num_images": len(self.cosines),
+                "summary": [f"cosine to the teacher {cosine:.3f} on {len(self.cosines)} held-out images"]}

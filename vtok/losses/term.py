@@ -1,8 +1,11 @@
-"""What a semantic loss term provides: the features it reads, whether it needs captions, its weighted value.
+"""What a semantic loss term provides: the features it reads, whether it needs captions, its weighted value, and
+the held-out figures it reports.
 
 A term is built from config under ``loss.terms.NAME`` and added to the reconstruction objective by
 :class:`~vtok.losses.TokenizerLoss`. Before training it is *bound* once to the tokenizer's feature sizes (its
-projection heads are sized then, so the optimiser sees every parameter from the start).
+projection heads are sized then, so the optimiser sees every parameter from the start). After training, the
+evaluation asks each term for a :class:`TermEvaluation` and knows no term by name: a new term adds its figures by
+implementing :meth:`LossTerm.evaluation` in its own file.
 """
 
 from __future__ import annotations
@@ -36,6 +39,30 @@ class TermInputs:
     tokenizer: Tokenizer | None = None
 
 
+class TermEvaluation:
+    """Held-out figures of one loss term, accumulated batch by batch (every rank its share of the images).
+
+    Attributes:
+        protocol: one sentence saying how the figures are measured (recorded in the report).
+    """
+
+    protocol: str = ""
+
+    def update(self, inputs: TermInputs) -> None:
+        """Measure one held-out batch: ``inputs.output`` carries the features the term reads; ``inputs.text`` and
+        ``inputs.captions`` are ``None`` when the data has no captions."""
+        raise NotImplementedError
+
+    def gather(self) -> None:
+        """Join every rank's values (all ranks call this once, after their last batch)."""
+        raise NotImplementedError
+
+    def report(self) -> dict[str, Any]:
+        """The figures (plain data), with ``summary``: lines for the end-of-run summary, the first one the
+        headline; ``{}`` when nothing was measured."""
+        raise NotImplementedError
+
+
 class LossTerm(nn.Module):
     """Base class of the terms ``loss.terms`` holds.
 
@@ -65,6 +92,10 @@ class LossTerm(nn.Module):
         """Large trainable blocks to shard over ranks under ``trainer=fsdp`` (an LLM's decoder layers); default none:
         small heads stay whole on every rank."""
         return []
+
+    def evaluation(self) -> TermEvaluation | None:
+        """A fresh accumulator of this term's held-out figures, or ``None`` for terms with nothing to report."""
+        return None
 
     def bind(self, feature_dims: dict[str, int], text_dim: int | None) -> None:
         """Size what depends on the tokenizer: ``feature_dims`` maps each of :attr:`features` to its channels."""
