@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # What every test run of train.py adds: toy size (needs no download) and quiet output.
-TOY = ["scale=toy", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
+TOY = ["scale=toy", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
 def tiny_tokenizer_config(codebook_size: int = 64, **quantizer) -> dict:

@@ -49,3 +49,17 @@ def test_unknown_key_is_an_error():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "chanels" in result.stderr
+
+
+def test_the_readme_group_table_lists_every_choice_and_counts_the_presets():
+    """The README's config-group table names every file of each group, and its preset count is the real one."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", readme, flags=re.M))
+    for group in ("model", "quantizer", "loss", "data", "trainer", "logger", "scale"):
+        listed = set(re.findall(r"`([\w-]+)`", rows[group]))
+        files = {path.stem for path in (ROOT / "configs" / group).glob("*.yaml")}
+        assert listed == files, (group, sorted(files - listed), sorted(listed - files))
+    presets = len(list((ROOT / "configs" / "experiment").glob("*.yaml")))
+    assert f"{presets} experiment presets" in readme

@@ -67,3 +67,8 @@ def test_adaptive_weight_is_gradient_ratio():
 def test_patch_discriminator_shape():
     logits = PatchDiscriminator(channels=8, num_layers=3)(torch.rand(2, 3, 64, 64))
     assert logits.shape == (2, 1, 6, 6)
+
+
+def test_an_unknown_gan_loss_is_refused_when_the_loss_is_built_not_when_the_gan_starts():
+    with pytest.raises(ValueError, match=r"loss.gan_loss='hinj': use one of \['hinge', 'non_saturating'\]"):
+        TokenizerLoss(disc_weight=0.1, disc_start=100_000, gan_loss="hinj")

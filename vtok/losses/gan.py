@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+GAN_LOSSES = ("hinge", "non_saturating")
+
 
 def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "hinge") -> Tensor:
     """Scalar loss that trains the discriminator to score real above fake (``hinge`` or ``non_saturating``)."""

@@ -14,7 +14,7 @@ from vtok.teachers import TextEncoder
 from vtok.tokenizers import Tokenizer, TokenizerOutput
 
 from .discriminator import PatchDiscriminator
-from .gan import adaptive_weight, discriminator_loss, generator_loss
+from .gan import GAN_LOSSES, adaptive_weight, discriminator_loss, generator_loss
 from .lecam import LeCam
 from .perceptual import LPIPS
 from .term import LossTerm, TermInputs
@@ -62,6 +62,8 @@ class TokenizerLoss(nn.Module):
         text_encoder: TextEncoder | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if gan_loss not in GAN_LOSSES:  # checked now, not hours later when the discriminator starts
+            raise ValueError(f"loss.gan_loss={gan_loss!r}: use one of {list(GAN_LOSSES)}")
         self.l1_weight, self.l2_weight = l1_weight, l2_weight
         self.perceptual_weight = perceptual_weight
         self.quantizer_weight = quantizer_weight

@@ -38,6 +38,7 @@ class FinalCheckpoint(L.Callback):
         last = Path(checkpointing.dirpath) / "last.ckpt"
         if saved == trainer.global_step and last.is_file():
             return
-        trainer.save_checkpoint(last)  # every rank calls it (sharded states are gathered); rank 0 writes
+        # every rank calls it (sharded states are gathered); rank 0 writes; a whole state (optimiser too) for resume
+        trainer.save_checkpoint(last, weights_only=False)
         checkpointing.last_model_path = str(last)
         log.info("%s: wrote %s at step %d", why, last, trainer.global_step)

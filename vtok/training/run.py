@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -115,6 +116,24 @@ def load_stage(module: TokenizerModule, path: str) -> None:
              sorted({key.split(".")[0] + "." + key.split(".")[1] for key in missing}) or "nothing")
 
 
+def parameter_summary(module: TokenizerModule) -> str:
+    """What trains and what is frozen, by part: the useful lines of Lightning's model summary in one."""
+    parts = {"tokenizer": module.tokenizer, **{f"loss term {n}": t for n, t in module.loss.terms.items()}}
+    if module.loss.discriminator is not None:
+        parts["discriminator"] = module.loss.discriminator
+    counted = {id(p) for part in parts.values() for p in part.parameters()}
+    rest = [p for p in module.loss.parameters() if id(p) not in counted]  # LPIPS, teachers, text encoder
+    described = []
+    for name, part in [*parts.items(), ("frozen networks", rest)]:
+        params = list(part.parameters()) if isinstance(part, torch.nn.Module) else part
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        frozen = sum(p.numel() for p in params if not p.requires_grad)
+        if trainable or frozen:
+            described.append(f"{name} {trainable / 1e6:.2f} M trainable" + (f" + {frozen / 1e6:.2f} M frozen"
+                                                                           if frozen else ""))
+    return "; ".join(described)
+
+
 def fit(cfg: DictConfig) -> tuple[TokenizerModule, L.LightningDataModule, L.Trainer]:
     """Fit the configured tokenizer (resuming as ``cfg`` asks); returns what was built, trained."""
     route_lightning_logs()
@@ -125,5 +144,6 @@ def fit(cfg: DictConfig) -> tuple[TokenizerModule, L.LightningDataModule, L.Trai
     log.info("tokenizer: %.2f M parameters, %s tokens per %dpx image, %.2f bits per token",
              sum(p.numel() for p in module.tokenizer.parameters()) / 1e6, module.tokenizer.num_tokens(),
              module.tokenizer.image_size, module.tokenizer.bits_per_token)
+    log.info("parameters: %s", parameter_summary(module))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return module, datamodule, trainer
