@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
+	# taming-transformers' reference Encoder / Decoder for the import tests; its declared dependencies (Lightning
+	# 1.x among them) are not needed for those modules, so it goes in without them
+	$(PY) -m pip install -q --no-deps taming-transformers-rom1504==0.0.6 einops==0.8.2
 	touch $@
 
 install: $(VENV)/.installed

@@ -115,6 +115,9 @@ class ExportCommand:
                                       "report.json beside the checkpoint)")
     name: str | None = key(None, "model name in the card (default: push's repo id, else the folder name)")
     push: str | None = key(None, "also upload to the hub as ORG/NAME (needs network access and a token)")
+    format: str = key("vtok", "vtok (model.safetensors, config.json, model card) or diffusers (a folder that "
+                              "diffusers' AutoencoderKL / VQModel.from_pretrained load: conv KL or VQ tokenizers "
+                              "in the reference layout; others are refused, naming what is missing)")
 
 
 EXPORT_HELP = ("Write a trained tokenizer in Hugging Face hub format: model.safetensors, config.json (plain data, no "
@@ -136,6 +139,14 @@ def _export_command(args: ExportCommand) -> int:
         bridge, weights_step = _bridge_of(checkpoint), checkpoint.step
     else:
         tokenizer, source = load_tokenizer(ckpt, weights=args.weights)
+    if args.format == "diffusers":
+        from vtok.published import write_diffusers
+
+        print(f"exported {source} to {write_diffusers(tokenizer, args.out)} as a diffusers folder")
+        return 0
+    if args.format != "vtok":
+        print(f"vtok-export: format={args.format!r}: use vtok or diffusers", file=sys.stderr)
+        return 2
     report_path = Path(args.report) if args.report else _report_beside(ckpt)
     report = json.loads(report_path.read_text()) if report_path and report_path.is_file() else None
     out = export(tokenizer, args.out, report, name=args.name or args.push, source=source, weights_step=weights_step)

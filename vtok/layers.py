@@ -32,9 +32,10 @@ LAYERS: tuple[Layer, ...] = (
           "config tree lives, the exit deadline after SIGTERM, this table",
           "torch (omegaconf / Hydra for the command line)"),
     Layer(2, "tokenizers",
-          ("vtok.tokenizers", "vtok.checkpoint", "vtok"),
+          ("vtok.tokenizers", "vtok.checkpoint", "vtok.published", "vtok"),
           "`Tokenizer`, the `Encoder` / `Decoder` contract (`parts.py`), the families, the saved form "
-          "(`serialization.py`), the one reader of training checkpoints (`.ckpt`)",
+          "(`serialization.py`), the one reader of training checkpoints (`.ckpt`), the readers and writers of "
+          "published formats (diffusers, LDM, taming; third-party pickles through an allowlist)",
           "torch, safetensors"),
     Layer(3, "losses and teachers",
           ("vtok.losses", "vtok.teachers", "vtok.llm", "vtok.weights"),
@@ -47,8 +48,9 @@ LAYERS: tuple[Layer, ...] = (
           "`data/datamodule.py` imports Lightning); the checks a run config passes before anything is built",
           "Lightning"),
     Layer(5, "evaluation and export",
-          ("vtok.eval", "vtok.hub"),
-          "metrics, rFID, baselines, reports; export (with an ETT run's LLM bridge) and model cards",
+          ("vtok.eval", "vtok.hub", "vtok.import_published"),
+          "metrics, rFID, baselines, reports; export (with an ETT run's LLM bridge, or as a diffusers folder) and "
+          "model cards; `vtok-import`",
           "no Lightning"),
     Layer(6, "entry points",
           ("train", "vtok.experiment", "vtok.eval.__main__", "vtok.llm.caption"),

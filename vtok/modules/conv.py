@@ -15,13 +15,16 @@ def norm(channels: int, groups: int = 32) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """``(B, C_in, H, W) -> (B, C_out, H, W)``: two norm-SiLU-conv layers plus a (projected) skip."""
+    """``(B, C_in, H, W) -> (B, C_out, H, W)``: two norm-SiLU-conv layers plus a (projected) skip.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    ``groups``: GroupNorm groups (at most; fewer when they do not divide the channels).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 32) -> None:
         super().__init__()
-        self.norm1 = norm(in_channels)
+        self.norm1 = norm(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = norm(out_channels)
+        self.norm2 = norm(out_channels, groups)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
@@ -32,11 +35,12 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """``(B, C, H, W) -> (B, C, H, W)``: single-head self-attention over all positions, residual."""
+    """``(B, C, H, W) -> (B, C, H, W)``: single-head self-attention over all positions, residual (the VQGAN / LDM
+    block: query, key and value are 1x1 convolutions, here one conv of ``3 C`` outputs, scaled by ``C^-1/2``)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, groups: int = 32) -> None:
         super().__init__()
-        self.norm = norm(channels)
+        self.norm = norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
@@ -47,14 +51,28 @@ class AttnBlock(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
-class Downsample(nn.Module):
-    """``(B, C, H, W) -> (B, C, H/2, W/2)`` with a strided 3x3 convolution."""
+DOWNSAMPLE_PADDINGS = ("same", "bottom_right")
 
-    def __init__(self, channels: int) -> None:
+
+class Downsample(nn.Module):
+    """``(B, C, H, W) -> (B, C, H/2, W/2)`` with a strided 3x3 convolution.
+
+    ``padding``: ``same`` pads one pixel on every side (output pixel ``i`` is centred on input pixel ``2i``);
+    ``bottom_right`` pads only the bottom and right edge, as taming's VQGAN, LDM / Stable Diffusion and diffusers
+    do (centred on ``2i + 1``: the grid is shifted by one input pixel, so weights trained one way give other
+    outputs the other way).
+    """
+
+    def __init__(self, channels: int, padding: str = "same") -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        if padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"downsample padding {padding!r}: use one of {list(DOWNSAMPLE_PADDINGS)}")
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1 if padding == "same" else 0)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.padding == "bottom_right":
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 

@@ -28,12 +28,17 @@ class ConvEncoder(Encoder):
     Intermediate features: ``level{i}`` (``(B, H/(p 2^i), W/(p 2^i), width_i)``, the output of resolution level
     ``i`` before it is downsampled) and ``mid`` (the lowest resolution, before the output projection).
 
+    With ``attn_resolutions``, ``downsample_padding="bottom_right"`` and ``z_channels`` (and defaults elsewhere)
+    this is exactly the encoder of taming's VQGAN, LDM / Stable Diffusion and diffusers' ``VQModel`` /
+    ``AutoencoderKL``: ``reference_names`` maps each of its layers to the name it has there, which is how
+    published weights are imported and exported (:mod:`vtok.published`).
+
     Args:
         in_channels: image channels.
         channels: width of the first level; level ``i`` has ``channels * channel_mult[i]``.
         channel_mult: one entry per resolution level; each level but the last halves the resolution.
         num_res_blocks: residual blocks per level.
-        attention: add self-attention blocks at the lowest resolution (costly for large grids).
+        attention: self-attention in the middle block, at the lowest resolution (costly for large grids).
         out_dim: feature size handed to the bottleneck.
         patch_size: space-to-depth factor applied before the first convolution.
         downsample: the total factor ``f`` instead of ``patch_size``: the space-to-depth factor becomes
@@ -41,6 +46,17 @@ class ConvEncoder(Encoder):
         lowpass_skip: add a linear path from the ``f x f`` patch means to the features. With the decoder's
             matching path the tokenizer starts out close to a patch-mean codec and the convolutions learn
             the detail as a residual, which converges far faster on small budgets.
+        attn_resolutions: feature-map sizes (at ``resolution``) whose levels get an attention block after every
+            residual block, as the references' ``attn_resolutions`` (VQGAN f16: ``[16]``).
+        resolution: the image size ``attn_resolutions`` refers to (level ``i`` is ``resolution / (p 2^i)``); the
+            network itself takes any size.
+        downsample_padding: ``same`` or ``bottom_right`` (the references'), see :class:`~vtok.modules.conv.Downsample`.
+        z_channels: the references' latent width: the last conv maps to ``z_channels`` (twice that with
+            ``double_z``) and a 1x1 ``quant_conv`` to ``out_dim``; ``None`` maps straight to ``out_dim``.
+        double_z: the last conv gives mean and log-variance (a Gaussian bottleneck), ``2 * z_channels``.
+        norm_groups: GroupNorm groups (at most; the references use 32).
+        mid_blocks: residual blocks in the middle (1 or 2; default 2 with attention between them, 1 without;
+            the references always have 2).
     """
 
     def __init__(
@@ -54,33 +70,46 @@ class ConvEncoder(Encoder):
         patch_size: int = 1,
         lowpass_skip: bool = False,
         downsample: int | None = None,
+        attn_resolutions: Sequence[int] = (),
+        resolution: int = 256,
+        downsample_padding: str = "same",
+        z_channels: int | None = None,
+        double_z: bool = False,
+        norm_groups: int = 32,
+        mid_blocks: int | None = None,
     ) -> None:
         super().__init__()
+        if double_z and z_channels is None:
+            raise ValueError("double_z needs z_channels (the conv then gives 2 * z_channels, quant_conv out_dim)")
         patch_size = space_to_depth(patch_size, downsample, channel_mult)
         self.out_dim = out_dim
         self.downsample_factor = patch_size * 2 ** (len(channel_mult) - 1)
         widths = [channels * m for m in channel_mult]
-        layers: list[nn.Module] = [
-            nn.PixelUnshuffle(patch_size),
-            nn.Conv2d(in_channels * patch_size**2, widths[0], 3, padding=1),
-        ]
+        stack = _Stack()
+        stack.add(nn.PixelUnshuffle(patch_size))
+        stack.add(nn.Conv2d(in_channels * patch_size**2, widths[0], 3, padding=1), "conv_in")
         width = widths[0]
-        taps: dict[int, str] = {}  # index of the layer after which a named feature is read
         for level, level_width in enumerate(widths):
-            for _ in range(num_res_blocks):
-                layers.append(ResBlock(width, level_width))
+            attend = resolution // (patch_size * 2**level) in attn_resolutions
+            for j in range(num_res_blocks):
+                stack.add(ResBlock(width, level_width, norm_groups), f"down.{level}.block.{j}")
                 width = level_width
-            taps[len(layers) - 1] = f"level{level}"
+                if attend:
+                    stack.add(AttnBlock(width, norm_groups), f"down.{level}.attn.{j}")
+            stack.tap(f"level{level}")
             if level < len(widths) - 1:
-                layers.append(Downsample(width))
-        layers += [ResBlock(width, width)]
-        if attention:
-            layers += [AttnBlock(width), ResBlock(width, width)]
-        taps[len(layers) - 1] = "mid"
-        layers += [norm(width), nn.SiLU(), nn.Conv2d(width, out_dim, 3, padding=1)]
-        self.layers = nn.Sequential(*layers)
-        self._taps = taps
-        self.feature_names = tuple(taps.values())
+                stack.add(Downsample(width, downsample_padding), f"down.{level}.downsample")
+        _middle(stack, width, attention, mid_blocks, norm_groups)
+        stack.tap("mid")
+        stack.add(norm(width, norm_groups), "norm_out")
+        stack.add(nn.SiLU())
+        z_out = out_dim if z_channels is None else z_channels * (2 if double_z else 1)
+        stack.add(nn.Conv2d(width, z_out, 3, padding=1), "conv_out")
+        self.layers = nn.Sequential(*stack.layers)
+        self.quant_conv = nn.Conv2d(z_out, out_dim, 1) if z_channels is not None else None
+        self._taps = stack.taps
+        self.feature_names = tuple(stack.taps.values())
+        self.reference_names = {**stack.names, **({"quant_conv": "quant_conv"} if self.quant_conv else {})}
         self.skip = nn.Conv2d(in_channels, out_dim, 1) if lowpass_skip else None
 
     def forward_features(self, images: Tensor, names: Collection[str] = (), condition: Tensor | None = None
@@ -93,6 +122,8 @@ class ConvEncoder(Encoder):
             features = layer(features)
             if self._taps.get(index) in names:
                 kept[self._taps[index]] = features.permute(0, 2, 3, 1)
+        if self.quant_conv is not None:
+            features = self.quant_conv(features)
         if self.skip is not None:
             features = features + self.skip(F.avg_pool2d(images, self.downsample_factor))
         return features.permute(0, 2, 3, 1), kept
@@ -108,7 +139,9 @@ class ConvDecoder(Decoder):
     """Features ``(B, h, w, in_dim)`` -> images ``(B, C, h*f, w*f)``; mirrors :class:`ConvEncoder`.
 
     ``lowpass_skip`` adds a 1x1 projection of the features upsampled bicubically to the output; ``downsample``
-    sets the total factor as in the encoder.
+    sets the total factor as in the encoder. ``attn_resolutions`` / ``resolution`` put an attention block after
+    every residual block of those levels; ``z_channels`` adds the references' 1x1 ``post_quant_conv`` from
+    ``in_dim`` to ``z_channels`` before the first conv; ``norm_groups`` and ``mid_blocks`` as in the encoder.
     """
 
     def __init__(
@@ -122,32 +155,44 @@ class ConvDecoder(Decoder):
         patch_size: int = 1,
         lowpass_skip: bool = False,
         downsample: int | None = None,
+        attn_resolutions: Sequence[int] = (),
+        resolution: int = 256,
+        z_channels: int | None = None,
+        norm_groups: int = 32,
+        mid_blocks: int | None = None,
     ) -> None:
         super().__init__()
         patch_size = space_to_depth(patch_size, downsample, channel_mult)
         self.upsample_factor = patch_size * 2 ** (len(channel_mult) - 1)
         widths = [channels * m for m in channel_mult]
         width = widths[-1]
-        layers: list[nn.Module] = [nn.Conv2d(in_dim, width, 3, padding=1), ResBlock(width, width)]
-        if attention:
-            layers += [AttnBlock(width), ResBlock(width, width)]
+        self.post_quant_conv = nn.Conv2d(in_dim, z_channels, 1) if z_channels is not None else None
+        stack = _Stack()
+        stack.add(nn.Conv2d(z_channels or in_dim, width, 3, padding=1), "conv_in")
+        _middle(stack, width, attention, mid_blocks, norm_groups)
         for level in reversed(range(len(widths))):
-            for _ in range(num_res_blocks + 1):
-                layers.append(ResBlock(width, widths[level]))
+            attend = resolution // (patch_size * 2**level) in attn_resolutions
+            for j in range(num_res_blocks + 1):
+                stack.add(ResBlock(width, widths[level], norm_groups), f"up.{level}.block.{j}")
                 width = widths[level]
+                if attend:
+                    stack.add(AttnBlock(width, norm_groups), f"up.{level}.attn.{j}")
             if level > 0:
-                layers.append(Upsample(width))
-        self.layers = nn.Sequential(*layers)
-        self.norm_out = norm(width)
+                stack.add(Upsample(width), f"up.{level}.upsample")
+        self.layers = nn.Sequential(*stack.layers)
+        self.norm_out = norm(width, norm_groups)
         # The last layer's weight is what the adaptive GAN weight compares gradients on.
         self.conv_out = nn.Conv2d(width, out_channels * patch_size**2, 3, padding=1)
         self.to_pixels = nn.PixelShuffle(patch_size)
         self.skip = nn.Conv2d(in_dim, out_channels, 1) if lowpass_skip else None
+        self.reference_names = {**stack.names, "norm_out": "norm_out", "conv_out": "conv_out",
+                                **({"post_quant_conv": "post_quant_conv"} if self.post_quant_conv else {})}
 
     def forward(self, latents: Tensor, lengths: Tensor | None = None, condition: Tensor | None = None) -> Tensor:
         """``(B, h, w, in_dim)`` -> ``(B, C, h*f, w*f)`` (a grid has no lengths)."""
         features = latents.permute(0, 3, 1, 2)
-        images = self.to_pixels(self.conv_out(F.silu(self.norm_out(self.layers(features)))))
+        hidden = self.post_quant_conv(features) if self.post_quant_conv is not None else features
+        images = self.to_pixels(self.conv_out(F.silu(self.norm_out(self.layers(hidden)))))
         if self.skip is not None:
             images = images + bicubic_upsample(self.skip(features), self.upsample_factor)
         return images
@@ -155,6 +200,36 @@ class ConvDecoder(Decoder):
     @property
     def last_layer(self) -> Tensor:
         return self.conv_out.weight
+
+
+def _middle(stack: _Stack, width: int, attention: bool, mid_blocks: int | None, groups: int) -> None:
+    """The middle block: ``block_1``, ``attn_1`` (with ``attention``), ``block_2`` (when ``mid_blocks`` is 2)."""
+    blocks = mid_blocks if mid_blocks is not None else (2 if attention else 1)
+    if blocks not in (1, 2):
+        raise ValueError(f"mid_blocks={mid_blocks}: the middle holds 1 or 2 residual blocks")
+    stack.add(ResBlock(width, width, groups), "mid.block_1")
+    if attention:
+        stack.add(AttnBlock(width, groups), "mid.attn_1")
+    if blocks == 2:
+        stack.add(ResBlock(width, width, groups), "mid.block_2")
+
+
+class _Stack:
+    """Layers in order, with the reference name of each (``layers.N`` -> ``down.0.block.1``) and the named taps
+    (index of the layer after which a feature is read)."""
+
+    def __init__(self) -> None:
+        self.layers: list[nn.Module] = []
+        self.names: dict[str, str] = {}
+        self.taps: dict[int, str] = {}
+
+    def add(self, layer: nn.Module, reference_name: str | None = None) -> None:
+        if reference_name is not None:
+            self.names[f"layers.{len(self.layers)}"] = reference_name
+        self.layers.append(layer)
+
+    def tap(self, feature: str) -> None:
+        self.taps[len(self.layers) - 1] = feature
 
 
 def bicubic_upsample(images: Tensor, factor: int) -> Tensor:

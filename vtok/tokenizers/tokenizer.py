@@ -47,6 +47,9 @@ class Tokenizer(nn.Module):
         image_size: training resolution, used by ``num_tokens()`` when no size is given.
         expander: optional ``{"kind": "transformer", ...}`` stage between bottleneck and decoder (MingTok-style
             semantic expansion); its output is ``TokenizerOutput.features["expanded"]``.
+        scaling_factor, shift_factor: how latent diffusion models see the latents,
+            ``(latents - shift_factor) * scaling_factor`` (:meth:`to_diffusion`; SD-VAE: 0.18215 and 0). They do not
+            change ``encode`` / ``decode``; they travel with the tokenizer (``config.json``, diffusers export).
     """
 
     def __init__(
@@ -56,6 +59,8 @@ class Tokenizer(nn.Module):
         decoder: dict[str, Any],
         image_size: int = 256,
         expander: dict[str, Any] | None = None,
+        scaling_factor: float = 1.0,
+        shift_factor: float = 0.0,
     ) -> None:
         super().__init__()
         encoder, quantizer, decoder, expander = (plain_data(part) for part in (encoder, quantizer, decoder, expander))
@@ -75,6 +80,9 @@ class Tokenizer(nn.Module):
         }
         if expander:
             self._config["expander"] = expander
+        self.scaling_factor, self.shift_factor = float(scaling_factor), float(shift_factor)
+        if (scaling_factor, shift_factor) != (1.0, 0.0):  # configs of tokenizers without them stay as they were
+            self._config.update(scaling_factor=self.scaling_factor, shift_factor=self.shift_factor)
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str, device: str = "cpu", revision: str | None = None) -> Tokenizer:
@@ -84,9 +92,26 @@ class Tokenizer(nn.Module):
             raise TypeError(f"{path_or_repo} holds a {type(tokenizer).__name__}, not a {cls.__name__}")
         return tokenizer
 
+    @classmethod
+    def from_published(cls, path: str, format: str = "auto", image_size: int | None = None) -> Tokenizer:
+        """A tokenizer a paper or library published (a diffusers folder, an LDM / Stable Diffusion or taming
+        checkpoint), read with ``weights_only`` pickling; see :mod:`vtok.published`."""
+        from vtok.published import from_published
+
+        return from_published(path, format=format, image_size=image_size)[0]
+
     def save_pretrained(self, out_dir: str, extra: dict[str, Any] | None = None) -> None:
         """Write ``config.json`` (plain data) and ``model.safetensors`` into ``out_dir``."""
         save_pretrained(self, out_dir, extra)
+
+    def to_diffusion(self, latents: Tensor) -> Tensor:
+        """``Tokens.latents`` ``(B, h, w, C)`` -> what a latent diffusion model is trained on,
+        ``(latents - shift_factor) * scaling_factor``."""
+        return (latents - self.shift_factor) * self.scaling_factor
+
+    def from_diffusion(self, latents: Tensor) -> Tensor:
+        """The inverse of :meth:`to_diffusion`: a diffusion model's sample -> latents :meth:`decode` reads."""
+        return latents / self.scaling_factor + self.shift_factor
 
     @property
     def config(self) -> dict[str, Any]:

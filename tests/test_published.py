@@ -1,0 +1,261 @@
+"""Published tokenizers in and out: diffusers folders both ways, taming / LDM checkpoints against taming's own
+modules, the safe pickle reader, and the published-recipe presets' parameter counts.
+
+Tolerances, on images in [-1, 1], with identical code indices: against diffusers in fp32, max abs difference
+< 1e-5 (the same arithmetic in another order); against taming's modules in fp64, < 1e-9 (in fp32 its attention, a
+plain bmm and softmax where vtok calls scaled_dot_product_attention, rounds up to about 1e-5 apart).
+"""
+
+import argparse
+import json
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from vtok import Tokenizer
+from vtok.import_published import main as import_main
+from vtok.published import LayoutError, UnsafePickleError, from_published, load_pickle, to_reference, write_diffusers
+
+from .conftest import compose_config
+
+diffusers = pytest.importorskip("diffusers")
+TOLERANCE = 1e-5
+
+
+def _images(n: int = 2, size: int = 32) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def _kl() -> "diffusers.AutoencoderKL":
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKL(
+        block_out_channels=(16, 32, 32), down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D",
+                                                           "DownEncoderBlock2D"),
+        up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D", "AttnUpDecoderBlock2D"), norm_num_groups=8,
+        latent_channels=4, layers_per_block=2, sample_size=32, scaling_factor=0.13025).eval()
+
+
+def _vq(mid_attention: bool = True) -> "diffusers.VQModel":
+    torch.manual_seed(0)
+    return diffusers.VQModel(
+        block_out_channels=(16, 32), down_block_types=("AttnDownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "AttnUpDecoderBlock2D"), norm_num_groups=8, latent_channels=6,
+        num_vq_embeddings=32, vq_embed_dim=3, layers_per_block=1, sample_size=32,
+        mid_block_add_attention=mid_attention).eval()
+
+
+def test_a_diffusers_autoencoder_kl_imports_with_equal_latents_and_images(tmp_path):
+    reference = _kl()
+    reference.save_pretrained(tmp_path / "kl")
+    assert import_main([f"src={tmp_path / 'kl'}", f"out={tmp_path / 'vtok'}"]) == 0
+    tokenizer = Tokenizer.from_pretrained(str(tmp_path / "vtok"))  # through the ordinary vtok folder
+    images = _images()
+    with torch.no_grad():
+        mean = reference.encode(images).latent_dist.mode()
+        expected = reference.decode(mean).sample
+        tokens = tokenizer.encode(images)
+        decoded = tokenizer.decode(tokens)
+    assert (tokens.latents.permute(0, 3, 1, 2) - mean).abs().max() < TOLERANCE
+    assert (decoded - expected).abs().max() < TOLERANCE
+    assert tokenizer.scaling_factor == 0.13025
+    assert torch.allclose(tokenizer.to_diffusion(tokens.latents), tokens.latents * 0.13025)
+    assert sum(p.numel() for p in tokenizer.parameters()) == sum(p.numel() for p in reference.parameters())
+
+
+@pytest.mark.parametrize("mid_attention", [True, False])
+def test_a_diffusers_vq_model_imports_with_equal_codes_and_images(tmp_path, mid_attention):
+    reference = _vq(mid_attention)
+    reference.save_pretrained(tmp_path / "vq")
+    tokenizer, record = from_published(tmp_path / "vq")
+    assert record.format == "diffusers" and record.mapped == len(reference.state_dict()) and not record.dropped
+    images = _images()
+    with torch.no_grad():
+        latents = reference.encode(images).latents
+        _, _, (_, _, expected_codes) = reference.quantize(latents)
+        expected = reference.decode(latents).sample
+        tokens = tokenizer.encode(images)
+        decoded = tokenizer.decode(tokens)
+    assert torch.equal(tokens.indices.flatten(), expected_codes.flatten())
+    assert (decoded - expected).abs().max() < TOLERANCE
+
+
+@pytest.mark.parametrize("model", ["kl", "vq"])
+def test_vtok_export_format_diffusers_loads_in_diffusers_with_equal_outputs(tmp_path, model):
+    from vtok.hub import main as export_main
+
+    reference = _kl() if model == "kl" else _vq()
+    reference.save_pretrained(tmp_path / "source")
+    tokenizer = Tokenizer.from_published(str(tmp_path / "source"))
+    tokenizer.save_pretrained(str(tmp_path / "vtok"))
+    assert export_main([f"ckpt={tmp_path / 'vtok'}", f"out={tmp_path / 'back'}", "format=diffusers"]) == 0
+    cls = diffusers.AutoencoderKL if model == "kl" else diffusers.VQModel
+    loaded = cls.from_pretrained(str(tmp_path / "back")).eval()
+    images = _images()
+    with torch.no_grad():
+        ours = tokenizer.decode(tokenizer.encode(images))
+        theirs = loaded(images).sample
+    assert (ours - theirs).abs().max() < TOLERANCE
+    written = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert written["_class_name"] == cls.__name__ and written["block_out_channels"] == list(
+        reference.config.block_out_channels)
+
+
+def test_export_to_diffusers_refuses_what_diffusers_cannot_express(tmp_path):
+    quickstart = Tokenizer(**{**_tiny_conv(), "quantizer": {"kind": "vq", "codebook_size": 16, "l2_normalize": True}})
+    with pytest.raises(LayoutError, match="downsample_padding must be bottom_right"):
+        write_diffusers(quickstart, tmp_path / "x")
+    cosine = Tokenizer(**_tiny_conv(reference=True, quantizer={"kind": "vq", "codebook_size": 16,
+                                                                "l2_normalize": True}))
+    with pytest.raises(LayoutError, match="euclidean distance"):
+        write_diffusers(cosine, tmp_path / "y")
+    fsq = Tokenizer(**_tiny_conv(reference=True, quantizer={"kind": "fsq", "levels": [5, 5]}))
+    with pytest.raises(LayoutError, match="conv encoder \\+ vq or gaussian"):
+        write_diffusers(fsq, tmp_path / "z")
+
+
+def _tiny_conv(reference: bool = False, quantizer: dict | None = None) -> dict:
+    trunk = {"kind": "conv", "channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1}
+    extra = {"downsample_padding": "bottom_right", "z_channels": 8} if reference else {}
+    return {"encoder": {**trunk, **extra, "out_dim": 8}, "quantizer": quantizer or {"kind": "vq", "codebook_size": 16},
+            "decoder": {**trunk, **({"z_channels": 8} if reference else {})}, "image_size": 32}
+
+
+# --------------------------------------------------------------------------------------- taming / LDM checkpoints
+taming_model = pytest.importorskip("taming.modules.diffusionmodules.model")
+taming_quantize = pytest.importorskip("taming.modules.vqvae.quantize")
+
+
+def _taming_network(double_z: bool, embed: int = 8, codes: int | None = 64) -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    dd = {"ch": 32, "out_ch": 3, "ch_mult": (1, 2, 2), "num_res_blocks": 2, "attn_resolutions": [16],
+          "in_channels": 3, "resolution": 32, "z_channels": 16, "double_z": double_z, "dropout": 0.0}
+    parts = {"encoder": taming_model.Encoder(**dd), "decoder": taming_model.Decoder(**dd),
+             "quant_conv": torch.nn.Conv2d(32 if double_z else 16, 2 * embed if double_z else embed, 1),
+             "post_quant_conv": torch.nn.Conv2d(embed, 16, 1)}
+    if codes:
+        parts["quantize"] = taming_quantize.VectorQuantizer2(codes, embed, beta=0.25)
+    return {name: part.double().eval() for name, part in parts.items()}
+
+
+def _state(parts: dict[str, torch.nn.Module], prefix: str = "") -> dict[str, torch.Tensor]:
+    return {f"{prefix}{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
+
+
+def test_a_taming_vqgan_checkpoint_imports_against_tamings_own_modules(tmp_path):
+    parts = _taming_network(double_z=False)
+    state = _state(parts)
+    state["loss.discriminator.main.0.weight"] = torch.zeros(4, 3, 4, 4)  # dropped, and counted
+    state["loss.perceptual_loss.lin0.model.1.weight"] = torch.zeros(1, 64, 1, 1)
+    checkpoint = {"state_dict": state, "global_step": 7, "hparams": argparse.Namespace(lr=4.5e-6)}
+    torch.save(checkpoint, tmp_path / "last.ckpt")
+    tokenizer, record = from_published(tmp_path / "last.ckpt", image_size=32)
+    assert record.format == "taming" and record.dropped == {"loss.": 2} and record.mapped == len(state) - 2
+    tokenizer.double()
+    images = _images().double()
+    with torch.no_grad():
+        quantized, _, (_, _, codes) = parts["quantize"](parts["quant_conv"](parts["encoder"](images)))
+        expected = parts["decoder"](parts["post_quant_conv"](quantized))
+        tokens = tokenizer.encode(images)
+        decoded = tokenizer.decode(tokens)
+    assert torch.equal(tokens.indices.flatten(), codes.flatten())
+    assert (decoded - expected).abs().max() < 1e-9
+    back = to_reference(tokenizer)  # and out again, tensor for tensor
+    assert back.keys() == {k for k in state if not k.startswith("loss.")}
+    assert all(torch.equal(back[k], state[k].double()) for k in back)
+
+
+def test_a_stable_diffusion_checkpoint_imports_its_first_stage(tmp_path):
+    parts = _taming_network(double_z=True, embed=4, codes=None)
+    state = _state(parts, "first_stage_model.")
+    state["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(2, 4, 3, 3)  # the UNet: dropped
+    state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.zeros(1, 77)
+    torch.save({"state_dict": state, "global_step": 1}, tmp_path / "sd.ckpt")
+    tokenizer, record = from_published(tmp_path / "sd.ckpt", image_size=32)
+    assert record.format == "ldm" and record.dropped == {"model.": 1, "cond_stage_model.": 1}
+    assert tokenizer.config["quantizer"] == {"kind": "gaussian", "latent_dim": 4, "dim": 8}
+    tokenizer.double()
+    images = _images().double()
+    with torch.no_grad():
+        moments = parts["quant_conv"](parts["encoder"](images))
+        mean = moments.chunk(2, dim=1)[0]
+        expected = parts["decoder"](parts["post_quant_conv"](mean))
+        tokens = tokenizer.encode(images)
+        decoded = tokenizer.decode(tokens)
+    # vtok's bottleneck computes in fp32 whatever the network's precision (quantizer maths always does)
+    assert (tokens.latents.permute(0, 3, 1, 2) - mean).abs().max() < 1e-6
+    assert (decoded - expected).abs().max() < 1e-6
+
+
+def test_a_tensor_left_over_or_of_another_shape_stops_the_import_with_its_name(tmp_path):
+    parts = _taming_network(double_z=False)
+    state = _state(parts)
+    torch.save({"state_dict": {**state, "encoder.extra.weight": torch.zeros(3)}}, tmp_path / "extra.ckpt")
+    with pytest.raises(LayoutError, match=r"no place in the network: \['encoder.extra.weight'\]"):
+        from_published(tmp_path / "extra.ckpt", image_size=32)
+    tokenizer = Tokenizer(**from_published.__globals__["infer_ldm_config"](state, 32))
+    from vtok.published import from_reference
+
+    del state["decoder.up.0.block.0.conv1.weight"]
+    with pytest.raises(LayoutError, match=r"lack 1 tensor.*decoder.up.0.block.0.conv1.weight"):
+        from_reference(tokenizer, state)
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": Payload()}, tmp_path / "evil.ckpt")
+    with pytest.raises(UnsafePickleError, match=r"holds a [\w.]*open object, which vtok does not unpickle"):
+        load_pickle(tmp_path / "evil.ckpt")
+    with pytest.raises(UnsafePickleError):
+        from_published(tmp_path / "evil.ckpt", format="taming")
+    assert not marker.exists()
+    torch.save({"args": argparse.Namespace(a=1), "state_dict": {"w": torch.ones(2)}}, tmp_path / "ok.pt")
+    assert load_pickle(tmp_path / "ok.pt")["args"].a == 1  # the allowlist's harmless class
+
+
+# ------------------------------------------------------------------------- the presets are the papers' networks
+def _taming_count(ch_mult: list[int], attn: list[int], z: int, double_z: bool, embed: int, codes: int) -> int:
+    """Parameters of taming's own Encoder + Decoder (the code LDM copied) for a config, plus the 1x1 quant convs
+    and the codebook, built on the meta device."""
+    dd = {"ch": 128, "out_ch": 3, "ch_mult": ch_mult, "num_res_blocks": 2, "attn_resolutions": attn,
+          "in_channels": 3, "resolution": 256, "z_channels": z, "double_z": double_z, "dropout": 0.0}
+    with torch.device("meta"):
+        modules = [taming_model.Encoder(**dd), taming_model.Decoder(**dd),
+                   torch.nn.Conv2d(2 * z if double_z else z, 2 * embed if double_z else embed, 1),
+                   torch.nn.Conv2d(embed, z, 1)]
+    return sum(p.numel() for m in modules for p in m.parameters()) + codes * embed
+
+
+# preset: (parameters of the published network, where the number comes from)
+PUBLISHED = {
+    # taming-transformers configs/imagenet_vqgan.yaml (f16, 1,024 codes); 72.14 M, also in OFFLINE-MODELS.md
+    "vqgan_f16": (_taming_count([1, 1, 2, 2, 4], [16], 256, False, 256, 1024), "taming Encoder/Decoder"),
+    # LlamaGen VQ-16 (vq_model.py: taming's trunk, attention at the lowest level, z 256, 8-d codes, 16,384 codes)
+    "llamagen_vq16": (_taming_count([1, 1, 2, 2, 4], [16], 256, False, 8, 16384), "taming Encoder/Decoder"),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PUBLISHED))
+def test_a_published_recipe_preset_builds_the_papers_network(preset):
+    expected, _source = PUBLISHED[preset]
+    cfg = compose_config(f"experiment={preset}", toy=False)
+    with torch.device("meta"):
+        tokenizer = instantiate(cfg.model)
+    assert sum(p.numel() for p in tokenizer.parameters()) == expected
+
+
+def test_the_ldm_kl_f8_preset_is_the_sd_vae_network():
+    cfg = compose_config("experiment=ldm_kl_f8", toy=False)
+    with torch.device("meta"):
+        tokenizer = instantiate(cfg.model)
+        sd_vae = diffusers.AutoencoderKL(  # Stable Diffusion v1's VAE config
+            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=256)
+    count = sum(p.numel() for p in tokenizer.parameters())
+    assert count == sum(p.numel() for p in sd_vae.parameters()) == 83_653_863
+    assert tokenizer.scaling_factor == 0.18215

@@ -1,0 +1,143 @@
+"""Published tokenizers into vtok: each format's reader gives an ordinary :class:`~vtok.Tokenizer` and a record of
+what was mapped and what was deliberately dropped.
+
+Formats:
+
+- ``diffusers``: an ``AutoencoderKL`` / ``VQModel`` folder (SD, SDXL, SD3 VAEs; a pipeline's ``vae/``).
+- ``ldm``: an LDM / Stable Diffusion checkpoint (``first_stage_model.*`` inside a whole pipeline's file, or a
+  first stage alone): KL or VQ, the network read off the tensors' names and shapes.
+- ``taming``: a taming-transformers VQGAN checkpoint (``encoder.*``, ``decoder.*``, ``quantize.*``; its
+  discriminator and LPIPS under ``loss.*`` are dropped).
+
+Every tensor of the source is mapped, or dropped by a listed prefix; anything else stops the import with its name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from vtok.tokenizers import Tokenizer
+
+from . import diffusers as diffusers_format
+from .ldm import CODEBOOK, LayoutError, from_reference
+from .pickles import load_pickle, state_dict_of
+
+FORMATS = ("diffusers", "ldm", "taming")
+
+
+@dataclass
+class ImportRecord:
+    """What an import read: the source, its format, how many tensors were mapped, and what was dropped (by
+    prefix, with counts)."""
+
+    source: str
+    format: str
+    mapped: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        dropped = ", ".join(f"{n} under {p!r}" for p, n in self.dropped.items()) or "nothing"
+        return f"{self.source} ({self.format}): {self.mapped} tensors mapped; dropped {dropped}"
+
+
+def from_published(path: str | Path, format: str = "auto", image_size: int | None = None
+                   ) -> tuple[Tokenizer, ImportRecord]:
+    """Read a published tokenizer (see the module docstring for the formats) into a vtok tokenizer (eval mode).
+
+    Args:
+        path: a folder (diffusers) or a checkpoint file (ldm, taming).
+        format: one of :data:`FORMATS`, or ``auto`` (a folder is diffusers; a file with ``first_stage_model.``
+            keys is ldm, else taming).
+        image_size: the tokenizer's image size (for ldm / taming, which do not record it; default 256); their
+            ``attn_resolutions`` are read at this size.
+
+    Raises:
+        FileNotFoundError, UnsafePickleError, LayoutError (a tensor left over, missing or of another shape).
+    """
+    path = Path(path)
+    if format == "auto":
+        format = "diffusers" if path.is_dir() else _guess_checkpoint_format(path)
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r}: use one of {['auto', *FORMATS]}")
+    record = ImportRecord(str(path), format)
+    if format == "diffusers":
+        config, reference = diffusers_format.read_folder(path)
+        tokenizer_config = diffusers_format.tokenizer_config(config)
+    else:
+        state = state_dict_of(load_pickle(path))
+        reference = _first_stage(state, record)
+        tokenizer_config = infer_ldm_config(reference, image_size or 256)
+    tokenizer = Tokenizer(**tokenizer_config)
+    tokenizer.load_state_dict(from_reference(tokenizer, reference))
+    record.mapped = len(reference)
+    return tokenizer.eval(), record
+
+
+def _guess_checkpoint_format(path: Path) -> str:
+    state = state_dict_of(load_pickle(path))
+    return "ldm" if any(k.startswith("first_stage_model.") for k in state) else "taming"
+
+
+def _first_stage(state: dict[str, Tensor], record: ImportRecord) -> dict[str, Tensor]:
+    """The tokenizer's tensors of an LDM / taming state dict (prefix removed); the rest counted as dropped: a
+    whole pipeline's other models (``model.``, ``model_ema.``, ``cond_stage_model.``) and the training loss's
+    discriminator and LPIPS (``loss.``)."""
+    prefix = "first_stage_model." if any(k.startswith("first_stage_model.") for k in state) else ""
+    kept: dict[str, Tensor] = {}
+    for name, value in state.items():
+        if prefix and not name.startswith(prefix):
+            dropped = name.split(".", 1)[0] + "."
+        elif name[len(prefix):].startswith("loss."):
+            dropped = prefix + "loss."
+        else:
+            kept[name[len(prefix):]] = value
+            continue
+        record.dropped[dropped] = record.dropped.get(dropped, 0) + 1
+    return kept
+
+
+def infer_ldm_config(state: dict[str, Tensor], image_size: int = 256) -> dict[str, Any]:
+    """The vtok config of an LDM / taming first stage, read off its tensors: widths from the convolutions,
+    residual blocks and attention levels from the names, latent and code sizes from ``quant_conv`` and the
+    codebook (``quantize.embedding.weight`` present: VQ; absent: KL with ``2 x`` channels before the Gaussian).
+
+    Raises:
+        LayoutError: the names are not an LDM / taming first stage.
+    """
+    if "encoder.conv_in.weight" not in state or "decoder.conv_out.weight" not in state:
+        raise LayoutError("not an LDM / taming first stage: no encoder.conv_in / decoder.conv_out "
+                          f"(it has {sorted(state)[:5]})")
+    levels = 1 + max(int(m[1]) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k)))
+    blocks = 1 + max(int(m[1]) for k in state if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k)))
+    ch = state["encoder.conv_in.weight"].shape[0]
+    widths = [state[f"encoder.down.{i}.block.{blocks - 1}.conv2.weight"].shape[0] for i in range(levels)]
+    attn = {role: [image_size // 2**i for i in range(levels) if f"{role}.{name}.{i}.attn.0.q.weight" in state]
+            for role, name in (("encoder", "down"), ("decoder", "up"))}
+    vq = CODEBOOK in state
+    z_out = state["encoder.conv_out.weight"].shape[0]
+    embed = state["quant_conv.weight"].shape[0] if "quant_conv.weight" in state else z_out
+    common = {"kind": "conv", "channels": ch, "channel_mult": [w // ch for w in widths], "num_res_blocks": blocks,
+              "attention": "encoder.mid.attn_1.q.weight" in state, "resolution": image_size,
+              "mid_blocks": 2 if "encoder.mid.block_2.conv1.weight" in state else 1,
+              "norm_groups": 32}
+    has_quant = "quant_conv.weight" in state
+    z = z_out // (1 if vq else 2)
+    encoder = {**common, "in_channels": state["encoder.conv_in.weight"].shape[1], "downsample_padding": "bottom_right",
+               "attn_resolutions": attn["encoder"], "out_dim": embed,
+               **({"z_channels": z, "double_z": not vq} if has_quant else {})}
+    decoder = {**common, "out_channels": state["decoder.conv_out.weight"].shape[0], "attn_resolutions": attn["decoder"],
+               **({"z_channels": state["decoder.conv_in.weight"].shape[1]} if "post_quant_conv.weight" in state
+                  else {})}
+    if vq:
+        codes = state[CODEBOOK]
+        quantizer: dict[str, Any] = {"kind": "vq", "codebook_size": codes.shape[0], "codebook_dim": codes.shape[1],
+                                     "l2_normalize": False, "commitment_weight": 0.25, "data_init": False}
+    else:
+        quantizer = {"kind": "gaussian", "latent_dim": embed // 2}
+    return {"encoder": encoder, "quantizer": quantizer, "decoder": decoder, "image_size": image_size,
+            **({"scaling_factor": 0.18215} if not vq else {})}
