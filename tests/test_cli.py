@@ -110,6 +110,7 @@ COMMANDS = {
     "samples": ([sys.executable, "-m", "vtok.data.samples", "--help"], "force  (bool, default False)"),
     "weights": ([sys.executable, "-m", "vtok.weights", "--help"], "out  (str, required)"),
     "caption": ([sys.executable, "-m", "vtok.llm.caption", "--help"], "images  (list[str], required)"),
+    "import": ([sys.executable, "-m", "vtok.import_published", "--help"], "format  (str, default 'auto')"),
 }
 
 

@@ -27,13 +27,16 @@ def _images(n: int = 2, size: int = 32) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
-def _kl() -> "diffusers.AutoencoderKL":
+def _kl(quant_convs: bool = True) -> "diffusers.AutoencoderKL":
+    """SD-style with quant convs; without them and with a shift, as SD3's and FLUX's VAEs are."""
     torch.manual_seed(0)
     return diffusers.AutoencoderKL(
         block_out_channels=(16, 32, 32), down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D",
                                                            "DownEncoderBlock2D"),
         up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D", "AttnUpDecoderBlock2D"), norm_num_groups=8,
-        latent_channels=4, layers_per_block=2, sample_size=32, scaling_factor=0.13025).eval()
+        latent_channels=4, layers_per_block=2, sample_size=32, scaling_factor=0.13025 if quant_convs else 0.3611,
+        shift_factor=None if quant_convs else 0.1159, use_quant_conv=quant_convs,
+        use_post_quant_conv=quant_convs).eval()
 
 
 def _vq(mid_attention: bool = True) -> "diffusers.VQModel":
@@ -45,8 +48,9 @@ def _vq(mid_attention: bool = True) -> "diffusers.VQModel":
         mid_block_add_attention=mid_attention).eval()
 
 
-def test_a_diffusers_autoencoder_kl_imports_with_equal_latents_and_images(tmp_path):
-    reference = _kl()
+@pytest.mark.parametrize("quant_convs", [True, False])
+def test_a_diffusers_autoencoder_kl_imports_with_equal_latents_and_images(tmp_path, quant_convs):
+    reference = _kl(quant_convs)
     reference.save_pretrained(tmp_path / "kl")
     assert import_main([f"src={tmp_path / 'kl'}", f"out={tmp_path / 'vtok'}"]) == 0
     tokenizer = Tokenizer.from_pretrained(str(tmp_path / "vtok"))  # through the ordinary vtok folder
@@ -58,8 +62,9 @@ def test_a_diffusers_autoencoder_kl_imports_with_equal_latents_and_images(tmp_pa
         decoded = tokenizer.decode(tokens)
     assert (tokens.latents.permute(0, 3, 1, 2) - mean).abs().max() < TOLERANCE
     assert (decoded - expected).abs().max() < TOLERANCE
-    assert tokenizer.scaling_factor == 0.13025
-    assert torch.allclose(tokenizer.to_diffusion(tokens.latents), tokens.latents * 0.13025)
+    scale, shift = reference.config.scaling_factor, reference.config.shift_factor or 0.0
+    assert (tokenizer.scaling_factor, tokenizer.shift_factor) == (scale, shift)
+    assert torch.allclose(tokenizer.to_diffusion(tokens.latents), (tokens.latents - shift) * scale)
     assert sum(p.numel() for p in tokenizer.parameters()) == sum(p.numel() for p in reference.parameters())
 
 
@@ -80,16 +85,16 @@ def test_a_diffusers_vq_model_imports_with_equal_codes_and_images(tmp_path, mid_
     assert (decoded - expected).abs().max() < TOLERANCE
 
 
-@pytest.mark.parametrize("model", ["kl", "vq"])
+@pytest.mark.parametrize("model", ["kl", "kl_without_quant_convs", "vq"])
 def test_vtok_export_format_diffusers_loads_in_diffusers_with_equal_outputs(tmp_path, model):
     from vtok.hub import main as export_main
 
-    reference = _kl() if model == "kl" else _vq()
+    reference = _kl(model == "kl") if model.startswith("kl") else _vq()
     reference.save_pretrained(tmp_path / "source")
     tokenizer = Tokenizer.from_published(str(tmp_path / "source"))
     tokenizer.save_pretrained(str(tmp_path / "vtok"))
     assert export_main([f"ckpt={tmp_path / 'vtok'}", f"out={tmp_path / 'back'}", "format=diffusers"]) == 0
-    cls = diffusers.AutoencoderKL if model == "kl" else diffusers.VQModel
+    cls = diffusers.AutoencoderKL if model.startswith("kl") else diffusers.VQModel
     loaded = cls.from_pretrained(str(tmp_path / "back")).eval()
     images = _images()
     with torch.no_grad():
@@ -99,6 +104,8 @@ def test_vtok_export_format_diffusers_loads_in_diffusers_with_equal_outputs(tmp_
     written = json.loads((tmp_path / "back" / "config.json").read_text())
     assert written["_class_name"] == cls.__name__ and written["block_out_channels"] == list(
         reference.config.block_out_channels)
+    assert loaded.config.scaling_factor == reference.config.scaling_factor
+    assert loaded.config.get("shift_factor") == reference.config.get("shift_factor")
 
 
 def test_export_to_diffusers_refuses_what_diffusers_cannot_express(tmp_path):
@@ -259,3 +266,83 @@ def test_the_ldm_kl_f8_preset_is_the_sd_vae_network():
     count = sum(p.numel() for p in tokenizer.parameters())
     assert count == sum(p.numel() for p in sd_vae.parameters()) == 83_653_863
     assert tokenizer.scaling_factor == 0.18215
+
+
+# ------------------------------------------------------------------------- evaluation and fine-tuning of imports
+def test_evaluating_an_imported_folder_names_the_protocol(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    from PIL import Image
+
+    _vq().save_pretrained(tmp_path / "vq")
+    assert import_main([f"src={tmp_path / 'vq'}", f"out={tmp_path / 'imported'}"]) == 0
+    (tmp_path / "photos").mkdir()
+    for i in range(3):
+        Image.fromarray(_images(1, 80)[0].add(1).mul(127.5).byte().permute(1, 2, 0).numpy()[:, : 70 + i]).save(
+            tmp_path / "photos" / f"{i}.png")
+    result = subprocess.run(
+        [sys.executable, "-m", "vtok.eval", f"ckpt={tmp_path / 'imported'}", "data=folder",
+         f"data.val.root={tmp_path / 'photos'}", f"data.train.root={tmp_path / 'photos'}", "data.val_crop=adm",
+         "data.image_size=32", "data.num_workers=0", "eval.fid=false", "eval.lpips=false", "eval.baselines=false",
+         f"out={tmp_path / 'report'}", f"paths.root_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+        timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["protocol"]["crop"] == "adm" and report["protocol"]["crop_protocol"].startswith("ADM")
+    assert report["weights"] == f"exported tokenizer {tmp_path / 'imported'}" and report["num_images"] == 3
+
+
+def test_fine_tuning_the_decoder_of_an_imported_tokenizer_trains_resumes_and_exports(tmp_path, compose_run):
+    from vtok.checkpoint import read_checkpoint, tokenizer_from_checkpoint
+    from vtok.experiment import run as train
+    from vtok.hub import main as export_main
+
+    _vq().save_pretrained(tmp_path / "vq")
+    imported, _ = from_published(tmp_path / "vq")
+    imported.save_pretrained(str(tmp_path / "imported"))
+    common = ["experiment=finetune_decoder", f"init.tokenizer={tmp_path / 'imported'}", "data=synthetic",
+              "logger=none", "module.lr=1e-3", "module.warmup_steps=1", "module.ema_decay=null",
+              "callbacks.model_checkpoint.every_n_train_steps=2"]
+    train(compose_run(*common, "trainer.max_steps=2"))
+    result = train(compose_run(*common, "trainer.max_steps=4", "resume=auto"))
+    assert result["train_steps"] == 4
+    checkpoint = read_checkpoint(tmp_path / "outputs/finetune_decoder/checkpoints/last.ckpt")
+    tuned, _ = tokenizer_from_checkpoint(checkpoint, "live")
+    before, after = imported.state_dict(), tuned.state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "quantizer."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # the tokens are what they were
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    ckpt = tmp_path / "outputs/finetune_decoder/checkpoints/last.ckpt"
+    assert export_main([f"ckpt={ckpt}", f"out={tmp_path / 'diffusers'}", "format=diffusers", "weights=live"]) == 0
+    loaded = diffusers.VQModel.from_pretrained(str(tmp_path / "diffusers")).eval()
+    with torch.no_grad():
+        assert (loaded(_images()).sample - tuned.decode(tuned.encode(_images()))).abs().max() < TOLERANCE
+
+
+def test_the_adm_crop_is_guided_diffusions():
+    """The ADM protocol's crop, against guided-diffusion's center_crop_arr as written there (numpy and PIL)."""
+    import numpy as np
+    from PIL import Image
+
+    from vtok.data.transforms import ImageTransform
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (600, 1000, 3), dtype=np.uint8)
+
+    def center_crop_arr(pil_image, image_size):
+        while min(*pil_image.size) >= 2 * image_size:
+            pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+        scale = image_size / min(*pil_image.size)
+        pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+        arr = np.array(pil_image)
+        crop_y, crop_x = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
+        return arr[crop_y: crop_y + image_size, crop_x: crop_x + image_size]
+
+    expected = torch.from_numpy(center_crop_arr(Image.fromarray(array), 256)).permute(2, 0, 1).float() / 127.5 - 1
+    adm = ImageTransform(size=256, mode="adm", flip=False)(Image.fromarray(array), rng)
+    assert torch.equal(adm, expected)
+    center = ImageTransform(size=256, mode="center", flip=False)(Image.fromarray(array), rng)
+    assert center.shape == adm.shape and not torch.equal(center, adm)  # the protocols differ: reports name theirs

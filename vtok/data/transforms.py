@@ -20,8 +20,11 @@ from vtok.images import to_tensor, to_uint8
 
 from .decode import MIN_SIDE, BadImage, decode_image, decode_pixels, open_image, pil_to_pixels, read_pixels, to_rgb
 
-__all__ = ["IMAGE_EXTENSIONS", "MIN_SIDE", "BadImage", "Crop", "ImageTransform", "decode_image", "decode_pixels",
+__all__ = ["CROP_MODES", "IMAGE_EXTENSIONS", "MIN_SIDE", "BadImage", "Crop", "ImageTransform", "decode_image", "decode_pixels",
            "to_rgb", "to_tensor", "to_uint8"]
+
+# random / random_resized for training; center (vtok's evaluation crop), adm (the ADM protocol) and full for evaluation
+CROP_MODES = ("random", "random_resized", "center", "full", "adm")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -57,6 +60,7 @@ class ImageTransform:
 
     Args:
         size: output side length in pixels (ignored by ``mode="full"``).
+            ``"adm"`` is ADM's evaluation crop (:func:`adm_center_crop`).
         mode: ``"random"`` crops at native scale after a random resize by a factor in ``resize_range``;
             ``"random_resized"`` is the usual area-and-aspect random-resized crop with area ``scale``;
             ``"center"`` resizes the short side to ``size`` and centre-crops; ``"full"`` keeps the whole
@@ -82,8 +86,8 @@ class ImageTransform:
     reduced_decode: bool = False
 
     def __post_init__(self) -> None:
-        if self.mode not in ("random", "random_resized", "center", "full"):
-            raise ValueError(f"unknown crop mode {self.mode!r}; use random, random_resized, center or full")
+        if self.mode not in CROP_MODES:
+            raise ValueError(f"unknown crop mode {self.mode!r}; use one of {list(CROP_MODES)}")
 
     def __call__(self, image: Image.Image | Tensor, rng: np.random.Generator) -> Tensor:
         """RGB image (PIL, or ``(3, H, W)`` uint8) -> ``(3, size, size)`` float in ``[-1, 1]`` (``(3, H', W')`` for
@@ -93,6 +97,8 @@ class ImageTransform:
             BadImage: ``too_small`` when ``"full"`` leaves nothing of the image.
         """
         pixels = pil_to_pixels(to_rgb(image)) if isinstance(image, Image.Image) else image
+        if self.mode == "adm":
+            return adm_center_crop(pixels, self.size)
         return self.apply(pixels, self.plan(pixels.shape[2], pixels.shape[1], rng))
 
     def load(self, data: bytes, rng: np.random.Generator) -> Tensor:
@@ -103,6 +109,8 @@ class ImageTransform:
         """
         header = open_image(data)
         width, height = header.size
+        if self.mode == "adm":
+            return adm_center_crop(read_pixels(header, data, 1), self.size)
         crop = self.plan(width, height, rng)
         pixels = read_pixels(header, data, crop.reduction() if self.reduced_decode else 1)
         return self.apply(pixels, crop, scale=width / pixels.shape[2])
@@ -178,3 +186,18 @@ def _resize(pixels: Tensor, height: int, width: int) -> Tensor:
     rounded. Torch's native 8-bit kernel (fixed-point weights, about 3x the float path on CPU) reads channels-last
     pixels (what ``decode_jpeg`` and PIL give) in place, so a crop is never copied before it is resized."""
     return F.interpolate(pixels[None], size=(height, width), mode="bicubic", antialias=True, align_corners=False)[0]
+
+
+def adm_center_crop(pixels: Tensor, size: int) -> Tensor:
+    """``(3, H, W)`` uint8 -> ``(3, size, size)`` in ``[-1, 1]`` by ADM's centre crop (guided-diffusion's
+    ``center_crop_arr``, which LlamaGen's and TokenFlow's reconstruction numbers use): halve with a box filter while
+    the short side is at least ``2 * size``, resize bicubically so the short side is ``size``, cut the centre. Done
+    with PIL, as the reference does, so the pixels are the reference's."""
+    image = Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.BICUBIC)
+    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+    out = torch.from_numpy(np.asarray(image.crop((left, top, left + size, top + size))).copy()).permute(2, 0, 1)
+    return out.to(torch.float32).div_(127.5).sub_(1.0)

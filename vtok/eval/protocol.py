@@ -11,6 +11,15 @@ from .evaluate import evaluate_to_dir
 from .fid import FIDMeter
 
 
+# How each evaluation crop makes the reference images: the names papers' numbers are compared under.
+CROPS = {
+    "center": "vtok: resize the short side to image_size (bicubic, antialiased), cut the centre",
+    "adm": "ADM (guided-diffusion center_crop_arr; LlamaGen, TokenFlow): halve with a box filter while the short side "
+           "is >= 2 x image_size, bicubic to image_size, cut the centre",
+    "full": "whole images, sides cut down to a multiple of the tokenizer's factor",
+}
+
+
 def describe_protocol(eval_cfg: Any, data_cfg: Any) -> dict[str, Any]:
     """Everything that fixes the numbers: reference set, crop, size, image count, metric settings."""
     val = data_cfg.get("val") or {}
@@ -18,6 +27,7 @@ def describe_protocol(eval_cfg: Any, data_cfg: Any) -> dict[str, Any]:
     return {
         "reference_set": str(val.get("urls") or val.get("root") or val.get("_target_") or "unknown"),
         "crop": str(transform.get("mode", "fixed-size dataset")),
+        "crop_protocol": CROPS.get(str(transform.get("mode")), "the dataset's own images"),
         "image_size": int(data_cfg.get("image_size")) if transform.get("mode") != "full" else None,
         "multiple": int(transform.get("multiple", 1)) if transform.get("mode") == "full" else None,
         "max_images": eval_cfg.get("max_images"),

@@ -10,6 +10,7 @@ its own gradient. One ``optimizer.step()`` per batch keeps ``trainer.global_step
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -54,6 +55,8 @@ class TokenizerModule(HeldOutPSNR, L.LightningModule):
         usage_window: batches over which codebook usage is counted for logging.
         freeze_tokenizer: keep the tokenizer exactly as it is (no gradient, no codebook or EMA update, eval mode
             in every step): for stages that train only what reads its tokens (an LLM's projector).
+        freeze: tokenizer parts (``encoder``, ``quantizer``, ``expander``, ``decoder``) kept exactly as they are the
+            same way while the rest trains: ``[encoder, quantizer]`` fine-tunes a decoder (SD's ft-MSE VAE).
         max_bad_steps: a step whose loss or gradient is NaN or infinite is skipped (no optimiser, EMA or codebook
             update; counted as ``train/skipped_steps``); after this many in a row the run stops with an error
             naming the step and the last good checkpoint. 0 turns the check off.
@@ -76,6 +79,7 @@ class TokenizerModule(HeldOutPSNR, L.LightningModule):
         usage_window: int = 100,
         freeze_tokenizer: bool = False,
         max_bad_steps: int = 20,
+        freeze: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer", "loss"])
@@ -83,6 +87,9 @@ class TokenizerModule(HeldOutPSNR, L.LightningModule):
         self.tokenizer, self.loss = tokenizer, loss
         loss.bind(tokenizer)  # size the semantic terms' heads now, so the optimiser and checkpoints see them
         self.freeze_tokenizer = freeze_tokenizer
+        self.frozen_parts = [_part(tokenizer, name) for name in freeze]
+        for part in self.frozen_parts:
+            part.requires_grad_(False)
         if freeze_tokenizer:
             tokenizer.requires_grad_(False)
             ema_decay = None  # the weights do not move: no average to keep
@@ -149,8 +156,8 @@ class TokenizerModule(HeldOutPSNR, L.LightningModule):
         saved = self.guard.snapshot(self.tokenizer, self.loss) if self.guard.active else {}
 
         text = self.text_for(batch)
-        if self.freeze_tokenizer:
-            self.tokenizer.eval()
+        for part in [self.tokenizer] if self.freeze_tokenizer else self.frozen_parts:
+            part.eval()  # no dropout, no codebook statistics or restarts
         with torch.set_grad_enabled(not self.freeze_tokenizer):
             output = self.tokenizer(images, features=self.loss.feature_names,
                                     text=text if self.tokenizer.condition_dim is not None else None)
@@ -218,3 +225,10 @@ class TokenizerModule(HeldOutPSNR, L.LightningModule):
         self._pending_rng = checkpoint.get("rng")
         self.clock.seconds = checkpoint.get("train_seconds", 0.0)
         self.guard.skipped = checkpoint.get("skipped_steps", 0)
+
+
+def _part(tokenizer: Tokenizer, name: str) -> torch.nn.Module:
+    parts = [n for n, _ in tokenizer.named_children()]
+    if name not in parts:
+        raise ValueError(f"module.freeze: {name!r} is not a part of this tokenizer; it has {parts}")
+    return getattr(tokenizer, name)
