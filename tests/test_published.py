@@ -273,9 +273,9 @@ def test_evaluating_an_imported_folder_names_the_protocol(tmp_path):
     import subprocess
     import sys
 
-    from .conftest import ROOT
-
     from PIL import Image
+
+    from .conftest import ROOT
 
     _vq().save_pretrained(tmp_path / "vq")
     assert import_main([f"src={tmp_path / 'vq'}", f"out={tmp_path / 'imported'}"]) == 0

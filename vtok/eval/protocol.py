@@ -10,7 +10,6 @@ from vtok.tokenizers import Tokenizer
 from .evaluate import evaluate_to_dir
 from .fid import FIDMeter
 
-
 # How each evaluation crop makes the reference images: the names papers' numbers are compared under.
 CROPS = {
     "center": "vtok: resize the short side to image_size (bicubic, antialiased), cut the centre",
