@@ -20,8 +20,8 @@ from vtok.images import to_tensor, to_uint8
 
 from .decode import MIN_SIDE, BadImage, decode_image, decode_pixels, open_image, pil_to_pixels, read_pixels, to_rgb
 
-__all__ = ["CROP_MODES", "IMAGE_EXTENSIONS", "MIN_SIDE", "BadImage", "Crop", "ImageTransform", "decode_image", "decode_pixels",
-           "to_rgb", "to_tensor", "to_uint8"]
+__all__ = ["CROP_MODES", "IMAGE_EXTENSIONS", "MIN_SIDE", "BadImage", "Crop", "ImageTransform", "adm_center_crop",
+           "decode_image", "decode_pixels", "to_rgb", "to_tensor", "to_uint8"]
 
 # random / random_resized for training; center (vtok's evaluation crop), adm (the ADM protocol) and full for evaluation
 CROP_MODES = ("random", "random_resized", "center", "full", "adm")
