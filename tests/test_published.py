@@ -346,3 +346,107 @@ def test_the_adm_crop_is_guided_diffusions():
     assert torch.equal(adm, expected)
     center = ImageTransform(size=256, mode="center", flip=False)(Image.fromarray(array), rng)
     assert center.shape == adm.shape and not torch.equal(center, adm)  # the protocols differ: reports name theirs
+
+
+# ------------------------------------------------------------------------------------------------- LlamaGen
+def _llamagen_network(ch: int, ch_mult: list[int], z: int, embed: int, codes: int) -> torch.nn.Module:
+    """LlamaGen's VQModel module tree (tokenizer/tokenizer_image/vq_model.py: ``conv_blocks.{i}.res`` / ``.attn``
+    with attention at the lowest-resolution level only, ``mid`` as a 3-entry list, the decoder's levels from the
+    lowest resolution), assembled from taming's blocks, which LlamaGen's are copies of."""
+    from torch import nn
+
+    blocks = taming_model
+
+    def resnet(a, b):
+        return blocks.ResnetBlock(in_channels=a, out_channels=b, temb_channels=0, dropout=0.0)
+
+    levels = len(ch_mult)
+    encoder, decoder = nn.Module(), nn.Module()
+    encoder.conv_in = nn.Conv2d(3, ch, 3, padding=1)
+    encoder.conv_blocks, width = nn.ModuleList(), ch
+    for i, mult in enumerate(ch_mult):
+        level = nn.Module()
+        level.res = nn.ModuleList([resnet(width if j == 0 else ch * mult, ch * mult) for j in range(2)])
+        width = ch * mult
+        level.attn = nn.ModuleList([blocks.AttnBlock(width) for _ in range(2)] if i == levels - 1 else [])
+        if i != levels - 1:
+            level.downsample = blocks.Downsample(width, True)
+        encoder.conv_blocks.append(level)
+    encoder.mid = nn.ModuleList([resnet(width, width), blocks.AttnBlock(width), resnet(width, width)])
+    encoder.norm_out, encoder.conv_out = blocks.Normalize(width), nn.Conv2d(width, z, 3, padding=1)
+    decoder.conv_in = nn.Conv2d(z, width, 3, padding=1)
+    decoder.mid = nn.ModuleList([resnet(width, width), blocks.AttnBlock(width), resnet(width, width)])
+    decoder.conv_blocks = nn.ModuleList()
+    for i in reversed(range(levels)):
+        level = nn.Module()
+        level.res = nn.ModuleList([resnet(width if j == 0 else ch * ch_mult[i], ch * ch_mult[i]) for j in range(3)])
+        width = ch * ch_mult[i]
+        level.attn = nn.ModuleList([blocks.AttnBlock(width) for _ in range(3)] if i == levels - 1 else [])
+        if i != 0:
+            level.upsample = blocks.Upsample(width, True)
+        decoder.conv_blocks.append(level)
+    decoder.norm_out, decoder.conv_out = blocks.Normalize(width), nn.Conv2d(width, 3, 3, padding=1)
+    model = nn.Module()
+    model.encoder, model.decoder = encoder, decoder
+    model.quantize = nn.Module()
+    model.quantize.embedding = nn.Embedding(codes, embed)
+    model.quantize.register_buffer("codebook_used", torch.zeros(65536))
+    model.quant_conv, model.post_quant_conv = nn.Conv2d(z, embed, 1), nn.Conv2d(embed, z, 1)
+    return model
+
+
+def test_a_llamagen_vq16_checkpoint_imports_into_the_llamagen_preset_with_every_key_consumed(tmp_path):
+    torch.manual_seed(0)
+    published = _llamagen_network(128, [1, 1, 2, 2, 4], 256, 8, 16384)  # VQ_16's published config
+    state = published.state_dict()
+    torch.save({"model": state, "args": argparse.Namespace(vq_model="VQ-16"), "steps": 1}, tmp_path / "vq.pt")
+    tokenizer, record = from_published(tmp_path / "vq.pt")  # auto: a LlamaGen checkpoint
+    assert record.format == "llamagen" and record.dropped == {"quantize.codebook_used": 1}
+    assert record.mapped == len(state) - 1
+    preset = compose_config("experiment=llamagen_vq16", toy=False)
+    with torch.device("meta"):
+        expected = instantiate(preset.model)
+    count = sum(p.numel() for p in tokenizer.parameters())
+    assert count == sum(p.numel() for p in expected.parameters()) == PUBLISHED["llamagen_vq16"][0]
+    assert count == sum(p.numel() for n, p in published.named_parameters())
+
+
+def test_a_llamagen_checkpoint_gives_its_codes_and_images():
+    """LlamaGen's forward (encoder, quant_conv, l2-normalised nearest code, post_quant_conv, decoder), in fp64."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    published = _llamagen_network(32, [1, 2, 2], 16, 8, 64).double().eval()
+    from vtok.published.importer import ImportRecord, from_llamagen, infer_ldm_config
+
+    reference = from_llamagen(published.state_dict(), ImportRecord("x", "llamagen"))
+    tokenizer = Tokenizer(**infer_ldm_config(reference, 32, l2_normalize=True))
+    from vtok.published import from_reference
+
+    tokenizer.load_state_dict(from_reference(tokenizer, reference))
+    tokenizer = tokenizer.double().eval()
+    images = _images().double()
+
+    def run(module, x, decoder=False):  # LlamaGen's Encoder.forward / Decoder.forward
+        h = module.conv_in(x)
+        for stage in ([module.mid, module.conv_blocks] if decoder else [module.conv_blocks, module.mid]):
+            for block in stage:
+                if hasattr(block, "res"):  # a level: res blocks (each followed by attention there), resampling
+                    for j, res in enumerate(block.res):
+                        h = block.attn[j](res(h, None)) if len(block.attn) else res(h, None)
+                    sampler = getattr(block, "downsample", None) or getattr(block, "upsample", None)
+                    h = sampler(h) if sampler is not None else h
+                else:  # the middle: res, attention, res
+                    h = block(h, None) if isinstance(block, taming_model.ResnetBlock) else block(h)
+        return module.conv_out(F.silu(module.norm_out(h)))
+
+    with torch.no_grad():
+        z = F.normalize(published.quant_conv(run(published.encoder, images)).permute(0, 2, 3, 1), dim=-1)
+        codes = F.normalize(published.quantize.embedding.weight, dim=-1)
+        expected_codes = torch.cdist(z.reshape(-1, 8), codes).argmin(1)
+        quantized = codes[expected_codes].reshape(z.shape).permute(0, 3, 1, 2)
+        expected = run(published.decoder, published.post_quant_conv(quantized), decoder=True)
+        tokens = tokenizer.encode(images)
+        decoded = tokenizer.decode(tokens)
+    assert torch.equal(tokens.indices.flatten(), expected_codes)
+    assert (decoded - expected).abs().max() < 1e-6  # the bottleneck computes in fp32

@@ -27,15 +27,17 @@ class ImportCommand:
     image_size: int | None = key(None, "the tokenizer's image size for checkpoints that do not record it (ldm, "
                                        "taming; default 256): their attention resolutions are read at this size")
     name: str | None = key(None, "model name in the card (default: the folder name)")
+    weights: str = key("ema", "ema or model: which of a LlamaGen checkpoint's weights (ema falls back to model)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command("vtok-import", "Read a published tokenizer (diffusers, LDM / Stable Diffusion, taming VQGAN) "
-                       "into vtok and write it as a vtok folder.", ImportCommand, _import_command, argv)
+    return run_command("vtok-import", "Read a published tokenizer (diffusers, LDM / Stable Diffusion, taming VQGAN, "
+                       "LlamaGen) into vtok and write it as a vtok folder.", ImportCommand, _import_command, argv)
 
 
 def _import_command(args: ImportCommand) -> int:
-    tokenizer, record = from_published(args.src, format=args.format, image_size=args.image_size)
+    tokenizer, record = from_published(args.src, format=args.format, image_size=args.image_size,
+                                       weights=args.weights)
     out = export(tokenizer, args.out, name=args.name, source=record.describe())
     params = sum(p.numel() for p in tokenizer.parameters())
     print(f"imported {record.describe()}\n{params / 1e6:.2f} M parameters; wrote {out}")

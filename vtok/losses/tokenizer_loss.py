@@ -97,6 +97,20 @@ class TokenizerLoss(nn.Module):
             return None
         return self.text_encoder(list(captions))
 
+    def batch_text(self, batch: dict[str, Any], conditioned: bool, for_loss: bool = True) -> Tensor | None:
+        """A batch's ``(B, D)`` caption embeddings when the terms (``for_loss``) or a caption-conditioned tokenizer
+        (``conditioned``) read them, else ``None``.
+
+        Raises:
+            ValueError: they are needed and the batch has no ``caption``.
+        """
+        if not (conditioned or (for_loss and self.needs_text)):
+            return None
+        if "caption" not in batch:
+            raise ValueError("this run reads captions (a text loss term or a caption-conditioned tokenizer), but "
+                             "the batch has none: use captioned data (e.g. data.train.captions=true)")
+        return self.encode_text(batch["caption"])
+
     @property
     def needs_captions(self) -> bool:
         """Whether any term reads the captions themselves."""

@@ -8,6 +8,8 @@ Formats:
   first stage alone): KL or VQ, the network read off the tensors' names and shapes.
 - ``taming``: a taming-transformers VQGAN checkpoint (``encoder.*``, ``decoder.*``, ``quantize.*``; its
   discriminator and LPIPS under ``loss.*`` are dropped).
+- ``llamagen``: LlamaGen's ``vq_ds16_c2i.pt`` / ``vq_ds8_c2i.pt`` (``model`` or ``ema`` weights; taming's network
+  under other container names, l2-normalised codes; its code-use buffer ``quantize.codebook_used`` is dropped).
 
 Every tensor of the source is mapped, or dropped by a listed prefix; anything else stops the import with its name.
 """
@@ -27,7 +29,7 @@ from . import diffusers as diffusers_format
 from .ldm import CODEBOOK, LayoutError, from_reference
 from .pickles import load_pickle, state_dict_of
 
-FORMATS = ("diffusers", "ldm", "taming")
+FORMATS = ("diffusers", "ldm", "taming", "llamagen")
 
 
 @dataclass
@@ -45,7 +47,7 @@ class ImportRecord:
         return f"{self.source} ({self.format}): {self.mapped} tensors mapped; dropped {dropped}"
 
 
-def from_published(path: str | Path, format: str = "auto", image_size: int | None = None
+def from_published(path: str | Path, format: str = "auto", image_size: int | None = None, weights: str = "ema"
                    ) -> tuple[Tokenizer, ImportRecord]:
     """Read a published tokenizer (see the module docstring for the formats) into a vtok tokenizer (eval mode).
 
@@ -53,8 +55,10 @@ def from_published(path: str | Path, format: str = "auto", image_size: int | Non
         path: a folder (diffusers) or a checkpoint file (ldm, taming).
         format: one of :data:`FORMATS`, or ``auto`` (a folder is diffusers; a file with ``first_stage_model.``
             keys is ldm, else taming).
-        image_size: the tokenizer's image size (for ldm / taming, which do not record it; default 256); their
-            ``attn_resolutions`` are read at this size.
+        image_size: the tokenizer's image size (for the checkpoints, which do not record it; default 256);
+            their ``attn_resolutions`` are read at this size.
+        weights: ``ema`` or ``model``: which of LlamaGen's saved weights (``ema`` falls back to ``model`` when the
+            file has no average).
 
     Raises:
         FileNotFoundError, UnsafePickleError, LayoutError (a tensor left over, missing or of another shape).
@@ -68,6 +72,11 @@ def from_published(path: str | Path, format: str = "auto", image_size: int | Non
     if format == "diffusers":
         config, reference = diffusers_format.read_folder(path)
         tokenizer_config = diffusers_format.tokenizer_config(config)
+    elif format == "llamagen":
+        checkpoint = load_pickle(path)
+        key = "ema" if weights == "ema" and isinstance(checkpoint, dict) and "ema" in checkpoint else "model"
+        reference = from_llamagen(state_dict_of(checkpoint, (key,)), record)
+        tokenizer_config = infer_ldm_config(reference, image_size or 256, l2_normalize=True)
     else:
         state = state_dict_of(load_pickle(path))
         reference = _first_stage(state, record)
@@ -79,8 +88,34 @@ def from_published(path: str | Path, format: str = "auto", image_size: int | Non
 
 
 def _guess_checkpoint_format(path: Path) -> str:
-    state = state_dict_of(load_pickle(path))
+    checkpoint = load_pickle(path)
+    if isinstance(checkpoint, dict) and "model" in checkpoint and "state_dict" not in checkpoint:
+        return "llamagen"
+    state = state_dict_of(checkpoint)
     return "ldm" if any(k.startswith("first_stage_model.") for k in state) else "taming"
+
+
+def from_llamagen(state: dict[str, Tensor], record: ImportRecord) -> dict[str, Tensor]:
+    """LlamaGen's names -> the reference layout: ``conv_blocks.{i}.res.{j}`` / ``attn.{j}`` are level ``i``'s
+    blocks (the decoder's levels counted from the lowest resolution), ``mid.0 / 1 / 2`` are ``block_1``,
+    ``attn_1``, ``block_2``."""
+    levels = {role: 1 + max((int(m[1]) for k in state if (m := re.match(rf"{role}\.conv_blocks\.(\d+)\.", k))),
+                            default=-1) for role in ("encoder", "decoder")}
+    out: dict[str, Tensor] = {}
+    for name, value in state.items():
+        if name == "quantize.codebook_used":  # a record of recently used codes, not a weight
+            record.dropped[name] = record.dropped.get(name, 0) + 1
+            continue
+        renamed = re.sub(r"^(\w+coder)\.mid\.([012])\.",
+                         lambda m: f"{m[1]}.mid.{('block_1', 'attn_1', 'block_2')[int(m[2])]}.", name)
+        found = re.match(r"^(encoder|decoder)\.conv_blocks\.(\d+)\.(res|attn|downsample|upsample)(.*)$", renamed)
+        if found:
+            role, level, kind, rest = found[1], int(found[2]), found[3], found[4]
+            level = level if role == "encoder" else levels[role] - 1 - level
+            kind = {"res": "block"}.get(kind, kind)
+            renamed = f"{role}.{'down' if role == 'encoder' else 'up'}.{level}.{kind}{rest}"
+        out[renamed] = value
+    return out
 
 
 def _first_stage(state: dict[str, Tensor], record: ImportRecord) -> dict[str, Tensor]:
@@ -101,10 +136,12 @@ def _first_stage(state: dict[str, Tensor], record: ImportRecord) -> dict[str, Te
     return kept
 
 
-def infer_ldm_config(state: dict[str, Tensor], image_size: int = 256) -> dict[str, Any]:
+def infer_ldm_config(state: dict[str, Tensor], image_size: int = 256, l2_normalize: bool = False
+                     ) -> dict[str, Any]:
     """The vtok config of an LDM / taming first stage, read off its tensors: widths from the convolutions,
     residual blocks and attention levels from the names, latent and code sizes from ``quant_conv`` and the
-    codebook (``quantize.embedding.weight`` present: VQ; absent: KL with ``2 x`` channels before the Gaussian).
+    codebook (``quantize.embedding.weight`` present: VQ; absent: KL with ``2 x`` channels before the Gaussian);
+    ``l2_normalize`` for codebooks looked up by cosine (LlamaGen's).
 
     Raises:
         LayoutError: the names are not an LDM / taming first stage.
@@ -136,7 +173,7 @@ def infer_ldm_config(state: dict[str, Tensor], image_size: int = 256) -> dict[st
     if vq:
         codes = state[CODEBOOK]
         quantizer: dict[str, Any] = {"kind": "vq", "codebook_size": codes.shape[0], "codebook_dim": codes.shape[1],
-                                     "l2_normalize": False, "commitment_weight": 0.25, "data_init": False}
+                                     "l2_normalize": l2_normalize, "commitment_weight": 0.25, "data_init": False}
     else:
         quantizer = {"kind": "gaussian", "latent_dim": embed // 2}
     return {"encoder": encoder, "quantizer": quantizer, "decoder": decoder, "image_size": image_size,

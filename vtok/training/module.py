@@ -132,19 +132,8 @@ class TokenizerModule(HeldOutPSNR, L.LightningModule):
         self.clock.start()
 
     def text_for(self, batch: dict[str, Any], for_loss: bool = True) -> Tensor | None:
-        """The batch's caption embeddings when the loss terms (``for_loss``) or a caption-conditioned tokenizer
-        read them, else ``None``.
-
-        Raises:
-            ValueError: they are needed and the batch has no ``caption``.
-        """
-        needed = self.tokenizer.condition_dim is not None or (for_loss and self.loss.needs_text)
-        if not needed:
-            return None
-        if "caption" not in batch:
-            raise ValueError("this run reads captions (a text loss term or a caption-conditioned tokenizer), but "
-                             "the batch has none: use captioned data (e.g. data.train.captions=true)")
-        return self.loss.encode_text(batch["caption"])
+        """The batch's caption embeddings when the loss terms (``for_loss``) or the tokenizer read them."""
+        return self.loss.batch_text(batch, self.tokenizer.condition_dim is not None, for_loss)
 
     # ------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
