@@ -226,10 +226,11 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
 
 
 # ------------------------------------------------------------------------- the presets are the papers' networks
-def _taming_count(ch_mult: list[int], attn: list[int], z: int, double_z: bool, embed: int, codes: int) -> int:
+def _taming_count(ch_mult: list[int], attn: list[int], z: int, double_z: bool, embed: int, codes: int,
+                  blocks: int = 2) -> int:
     """Parameters of taming's own Encoder + Decoder (the code LDM copied) for a config, plus the 1x1 quant convs
     and the codebook, built on the meta device."""
-    dd = {"ch": 128, "out_ch": 3, "ch_mult": ch_mult, "num_res_blocks": 2, "attn_resolutions": attn,
+    dd = {"ch": 128, "out_ch": 3, "ch_mult": ch_mult, "num_res_blocks": blocks, "attn_resolutions": attn,
           "in_channels": 3, "resolution": 256, "z_channels": z, "double_z": double_z, "dropout": 0.0}
     with torch.device("meta"):
         modules = [taming_model.Encoder(**dd), taming_model.Decoder(**dd),
@@ -240,6 +241,8 @@ def _taming_count(ch_mult: list[int], attn: list[int], z: int, double_z: bool, e
 
 # preset: (parameters of the published network, where the number comes from)
 PUBLISHED = {
+    # IBQ (configs/IBQ/gpu/imagenet_ibqgan_16384.yaml: taming's model.py, 4 res blocks, attention at 16, 16,384 codes)
+    "ibq": (_taming_count([1, 1, 2, 2, 4], [16], 256, False, 256, 16384, blocks=4), "taming Encoder/Decoder"),
     # taming-transformers configs/imagenet_vqgan.yaml (f16, 1,024 codes); 72.14 M, also in OFFLINE-MODELS.md
     "vqgan_f16": (_taming_count([1, 1, 2, 2, 4], [16], 256, False, 256, 1024), "taming Encoder/Decoder"),
     # LlamaGen VQ-16 (vq_model.py: taming's trunk, attention at the lowest level, z 256, 8-d codes, 16,384 codes)
@@ -450,3 +453,117 @@ def test_a_llamagen_checkpoint_gives_its_codes_and_images():
         decoded = tokenizer.decode(tokens)
     assert torch.equal(tokens.indices.flatten(), expected_codes)
     assert (decoded - expected).abs().max() < 1e-6  # the bottleneck computes in fp32
+
+
+# ------------------------------------------------------------------------------------------ Open-MAGVIT2 / IBQ
+def _open_magvit2_network(ch: int, ch_mult: list[int], blocks: int, bits: int) -> torch.nn.Module:
+    """Open-MAGVIT2's module tree as its improved_model.py builds it (names, shapes, biases), from torch layers:
+    ``down.{i}.block.{j}`` / ``downsample``, ``mid_block``, ``adaptive.{i}.gamma`` / ``beta``, ``up.{i}.block.{j}``
+    / ``upsample.conv1``; residual blocks ``norm1 conv1 norm2 conv2 nin_shortcut`` without conv biases."""
+    from torch import nn
+
+    def res(a, b):
+        block = nn.Module()
+        block.norm1, block.norm2 = nn.GroupNorm(32, a), nn.GroupNorm(32, b)
+        block.conv1, block.conv2 = nn.Conv2d(a, b, 3, padding=1, bias=False), nn.Conv2d(b, b, 3, padding=1, bias=False)
+        if a != b:
+            block.nin_shortcut = nn.Conv2d(a, b, 1, bias=False)
+        return block
+
+    encoder, decoder, width = nn.Module(), nn.Module(), ch
+    encoder.conv_in, encoder.down = nn.Conv2d(3, ch, 3, padding=1, bias=False), nn.ModuleList()
+    for i, mult in enumerate(ch_mult):
+        level = nn.Module()
+        level.block = nn.ModuleList([res(width if j == 0 else ch * mult, ch * mult) for j in range(blocks)])
+        width = ch * mult
+        if i < len(ch_mult) - 1:
+            level.downsample = nn.Conv2d(width, width, 3, stride=2, padding=1)
+        encoder.down.append(level)
+    encoder.mid_block = nn.ModuleList([res(width, width) for _ in range(blocks)])
+    encoder.norm_out, encoder.conv_out = nn.GroupNorm(32, width), nn.Conv2d(width, bits, 1)
+    decoder.conv_in = nn.Conv2d(bits, width, 3, padding=1)
+    decoder.mid_block = nn.ModuleList([res(width, width) for _ in range(blocks)])
+    adaptive, up = [], []
+    for i in reversed(range(len(ch_mult))):
+        norm = nn.Module()
+        norm.gamma, norm.beta = nn.Linear(bits, width), nn.Linear(bits, width)
+        adaptive.insert(0, norm)
+        level = nn.Module()
+        level.block = nn.ModuleList([res(width if j == 0 else ch * ch_mult[i], ch * ch_mult[i]) for j in range(blocks)])
+        width = ch * ch_mult[i]
+        if i > 0:
+            level.upsample = nn.Module()
+            level.upsample.conv1 = nn.Conv2d(width, 4 * width, 3, padding=1)
+        up.insert(0, level)
+    decoder.adaptive, decoder.up = nn.ModuleList(adaptive), nn.ModuleList(up)
+    decoder.norm_out, decoder.conv_out = nn.GroupNorm(32, width), nn.Conv2d(width, 3, 3, padding=1)
+    model = nn.Module()
+    model.encoder, model.decoder = encoder, decoder
+    return model
+
+
+def test_an_open_magvit2_checkpoint_imports_its_weight_average_with_every_key_consumed(tmp_path):
+    torch.manual_seed(0)
+    published = _open_magvit2_network(32, [1, 2, 2], 2, 10)
+    live = published.state_dict()
+    trained = [n for n, _ in published.named_parameters()]
+    average = {f"model_ema.{n.replace('.', '')}": torch.randn_like(live[n]) for n in trained}
+    state = {**live, **average, "model_ema.decay": torch.tensor(0.999), "model_ema.num_updates": torch.tensor(5),
+             "loss.discriminator.blocks.0.weight": torch.zeros(2)}
+    torch.save({"state_dict": state, "global_step": 3}, tmp_path / "omv.ckpt")
+    tokenizer, record = from_published(tmp_path / "omv.ckpt", image_size=32)  # auto: Open-MAGVIT2's names
+    assert record.format == "open_magvit2" and record.averaged == len(trained)
+    assert record.dropped == {"loss.": 1, "model_ema.": 2} and record.mapped == len(live)
+    loaded = tokenizer.state_dict()
+    assert torch.equal(loaded["decoder.adaptive.0.gamma.weight"], average["model_ema.decoderadaptive0gammaweight"])
+    assert torch.equal(loaded["encoder.down.1.block.0.skip.weight"],
+                       average["model_ema.encoderdown1block0nin_shortcutweight"])
+    model, _ = from_published(tmp_path / "omv.ckpt", image_size=32, weights="model")
+    assert torch.equal(model.state_dict()["decoder.conv_in.weight"], live["decoder.conv_in.weight"])
+    assert sum(p.numel() for p in tokenizer.parameters()) == sum(p.numel() for p in published.parameters())
+
+
+def test_the_magvit2_decoder_upsamples_depth_to_space_in_dcr_order_and_normalises_adaptively():
+    from vtok.tokenizers.magvit2 import AdaptiveGroupNorm, DepthToSpaceUpsample
+
+    up = DepthToSpaceUpsample(2)  # 2 channels -> conv to 8, each a constant: channel k is k
+    with torch.no_grad():
+        up.conv1.weight.zero_()
+        up.conv1.bias.copy_(torch.arange(8.0))
+    out = up(torch.zeros(1, 2, 1, 1))
+    # DCR: output channel c at offset (i, j) is conv channel (2 i + j) * C + c (pixel_shuffle's CRD: 4 c + 2 i + j)
+    assert torch.equal(out[0], torch.tensor([[[0.0, 2.0], [4.0, 6.0]], [[1.0, 3.0], [5.0, 7.0]]]))
+    norm = AdaptiveGroupNorm(3, 32)
+    latents = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        norm.gamma.weight.copy_(torch.eye(32, 3))
+        norm.gamma.bias.zero_()
+        norm.beta.weight.zero_()
+        norm.beta.bias.fill_(0.5)
+    features = torch.randn(2, 32, 8, 8)
+    expected_scale = (latents.flatten(2).var(-1) + 1e-6).sqrt()[:, 0]
+    out = norm(features, latents)
+    plain = torch.nn.functional.group_norm(features, 32, eps=1e-6)
+    assert torch.allclose(out[:, 0], expected_scale[:, None, None] * plain[:, 0] + 0.5, atol=1e-6)
+
+
+def test_an_ibq_checkpoint_imports_as_tamings_network_with_its_average():
+    parts = _taming_network(double_z=False)
+    state = _state(parts)
+    state.update({f"model_ema.{k.replace('.', '')}": v + 1 for k, v in state.items() if "quantize" in k})
+    from vtok.published.importer import ImportRecord, _average_or_live
+
+    record = ImportRecord("ibq.ckpt", "taming")
+    chosen = _average_or_live(state, "ema", record)
+    assert record.averaged == 1 and record.dropped == {"model_ema.": 0}
+    assert torch.equal(chosen["quantize.embedding.weight"], state["model_ema.quantizeembeddingweight"])
+
+
+def test_the_open_magvit2_preset_is_its_network():
+    cfg = compose_config("experiment=open_magvit2", toy=False)
+    with torch.device("meta"):
+        tokenizer = instantiate(cfg.model)
+        published = _open_magvit2_network(128, [1, 1, 2, 2, 4], 4, 18)  # imagenet_lfqgan_256_L.yaml
+    count = sum(p.numel() for p in tokenizer.parameters())
+    assert count == sum(p.numel() for p in published.parameters()) == 115_127_829
+    assert {k.replace(".nin_shortcut.", ".skip.") for k in published.state_dict()} <= set(tokenizer.state_dict())

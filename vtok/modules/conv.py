@@ -17,16 +17,17 @@ def norm(channels: int, groups: int = 32) -> nn.Module:
 class ResBlock(nn.Module):
     """``(B, C_in, H, W) -> (B, C_out, H, W)``: two norm-SiLU-conv layers plus a (projected) skip.
 
-    ``groups``: GroupNorm groups (at most; fewer when they do not divide the channels).
+    ``groups``: GroupNorm groups (at most; fewer when they do not divide the channels); ``bias``: the convolutions
+    have biases (Open-MAGVIT2's have none).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int = 32) -> None:
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 32, bias: bool = True) -> None:
         super().__init__()
         self.norm1 = norm(in_channels, groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
         self.norm2 = norm(out_channels, groups)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1, bias=bias) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))

@@ -8,9 +8,13 @@ Formats:
   first stage alone): KL or VQ, the network read off the tensors' names and shapes.
 - ``taming``: a taming-transformers VQGAN checkpoint (``encoder.*``, ``decoder.*``, ``quantize.*``; its
   discriminator and LPIPS under ``loss.*`` are dropped).
+- ``open_magvit2``: an Open-MAGVIT2 Lightning checkpoint (``state_dict``: its CNN, whose names the ``magvit2``
+  family keeps; LFQ stores no codebook); its discriminator and LPIPS (``loss.``) are dropped.
 - ``llamagen``: LlamaGen's ``vq_ds16_c2i.pt`` / ``vq_ds8_c2i.pt`` (``model`` or ``ema`` weights; taming's network
   under other container names, l2-normalised codes; its code-use buffer ``quantize.codebook_used`` is dropped).
 
+Lightning checkpoints that kept a weight average (``model_ema.``, LitEma's names: the parameter names without
+dots; IBQ's and Open-MAGVIT2's) give it with ``weights="ema"`` and their live weights with ``weights="model"``.
 Every tensor of the source is mapped, or dropped by a listed prefix; anything else stops the import with its name.
 """
 
@@ -26,10 +30,10 @@ from torch import Tensor
 from vtok.tokenizers import Tokenizer
 
 from . import diffusers as diffusers_format
-from .ldm import CODEBOOK, LayoutError, from_reference
+from .ldm import CODEBOOK, LayoutError, from_reference, is_bookkeeping
 from .pickles import load_pickle, state_dict_of
 
-FORMATS = ("diffusers", "ldm", "taming", "llamagen")
+FORMATS = ("diffusers", "ldm", "taming", "llamagen", "open_magvit2")
 
 
 @dataclass
@@ -41,10 +45,12 @@ class ImportRecord:
     format: str
     mapped: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    averaged: int = 0  # tensors taken from the file's weight average instead of its live weights
 
     def describe(self) -> str:
         dropped = ", ".join(f"{n} under {p!r}" for p, n in self.dropped.items()) or "nothing"
-        return f"{self.source} ({self.format}): {self.mapped} tensors mapped; dropped {dropped}"
+        average = f" ({self.averaged} from its weight average)" if self.averaged else ""
+        return f"{self.source} ({self.format}): {self.mapped} tensors mapped{average}; dropped {dropped}"
 
 
 def from_published(path: str | Path, format: str = "auto", image_size: int | None = None, weights: str = "ema"
@@ -57,8 +63,8 @@ def from_published(path: str | Path, format: str = "auto", image_size: int | Non
             keys is ldm, else taming).
         image_size: the tokenizer's image size (for the checkpoints, which do not record it; default 256);
             their ``attn_resolutions`` are read at this size.
-        weights: ``ema`` or ``model``: which of LlamaGen's saved weights (``ema`` falls back to ``model`` when the
-            file has no average).
+        weights: ``ema`` or ``model``: which saved weights, for files that keep both (LlamaGen's ``ema``, a
+            Lightning checkpoint's ``model_ema.``); ``ema`` falls back to ``model`` when the file has no average.
 
     Raises:
         FileNotFoundError, UnsafePickleError, LayoutError (a tensor left over, missing or of another shape).
@@ -77,9 +83,15 @@ def from_published(path: str | Path, format: str = "auto", image_size: int | Non
         key = "ema" if weights == "ema" and isinstance(checkpoint, dict) and "ema" in checkpoint else "model"
         reference = from_llamagen(state_dict_of(checkpoint, (key,)), record)
         tokenizer_config = infer_ldm_config(reference, image_size or 256, l2_normalize=True)
+    elif format == "open_magvit2":
+        state = _average_or_live(_first_stage(state_dict_of(load_pickle(path)), record), weights, record)
+        tokenizer = Tokenizer(**infer_magvit2_config(state, image_size or 256))
+        tokenizer.load_state_dict(from_own_names(tokenizer, state))
+        record.mapped = len(state)
+        return tokenizer.eval(), record
     else:
         state = state_dict_of(load_pickle(path))
-        reference = _first_stage(state, record)
+        reference = _average_or_live(_first_stage(state, record), weights, record)
         tokenizer_config = infer_ldm_config(reference, image_size or 256)
     tokenizer = Tokenizer(**tokenizer_config)
     tokenizer.load_state_dict(from_reference(tokenizer, reference))
@@ -87,11 +99,72 @@ def from_published(path: str | Path, format: str = "auto", image_size: int | Non
     return tokenizer.eval(), record
 
 
+def _average_or_live(state: dict[str, Tensor], weights: str, record: ImportRecord) -> dict[str, Tensor]:
+    """A Lightning checkpoint's live weights, or (``weights="ema"``) its LitEma average in their place: LitEma
+    keeps one buffer per trained parameter under ``model_ema.`` + the name without dots, and its own
+    ``decay`` / ``num_updates``. What is not used is counted as dropped."""
+    average = {k[len("model_ema."):]: v for k, v in state.items() if k.startswith("model_ema.")}
+    live = {k: v for k, v in state.items() if not k.startswith("model_ema.")}
+    if not average:
+        return live
+    used = 0
+    if weights == "ema":
+        for name in live:
+            flat = name.replace(".", "")
+            if flat in average:
+                live[name] = average.pop(flat)
+                used += 1
+    record.dropped["model_ema."] = len(average)
+    record.averaged = used
+    return live
+
+
+def infer_magvit2_config(state: dict[str, Tensor], image_size: int = 256) -> dict[str, Any]:
+    """The vtok config of an Open-MAGVIT2 CNN + LFQ, read off its tensors.
+
+    Raises:
+        LayoutError: the names are not Open-MAGVIT2's.
+    """
+    if "encoder.conv_in.weight" not in state or "decoder.adaptive.0.gamma.weight" not in state:
+        raise LayoutError("not an Open-MAGVIT2 checkpoint: no encoder.conv_in / decoder.adaptive")
+    levels = 1 + max(int(m[1]) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k)))
+    blocks = 1 + max(int(m[1]) for k in state if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k)))
+    ch = state["encoder.conv_in.weight"].shape[0]
+    widths = [state[f"encoder.down.{i}.block.{blocks - 1}.conv2.weight"].shape[0] for i in range(levels)]
+    trunk = {"kind": "magvit2", "channels": ch, "channel_mult": [w // ch for w in widths], "num_res_blocks": blocks}
+    bits = state["encoder.conv_out.weight"].shape[0]
+    return {"encoder": {**trunk, "in_channels": state["encoder.conv_in.weight"].shape[1], "out_dim": bits},
+            "quantizer": {"kind": "lfq", "bits": bits, "commitment_weight": 0.25, "entropy_weight": 0.1},
+            "decoder": {**trunk, "out_channels": state["decoder.conv_out.weight"].shape[0]},
+            "image_size": image_size}
+
+
+def from_own_names(tokenizer: Tokenizer, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict for a family that keeps its reference's names (``magvit2``): only the residual blocks'
+    ``nin_shortcut`` is vtok's ``skip``.
+
+    Raises:
+        LayoutError: a tensor missing, left over, or of another shape (named).
+    """
+    renamed = {k.replace(".nin_shortcut.", ".skip."): v for k, v in state.items()}
+    own = tokenizer.state_dict()
+    missing = [k for k in own if k not in renamed and not is_bookkeeping(k)]
+    extra = [k for k in renamed if k not in own]
+    if missing or extra:
+        raise LayoutError(f"the published weights lack {missing[:5]} and have no place for {extra[:5]}")
+    for name, value in renamed.items():
+        if value.shape != own[name].shape:
+            raise LayoutError(f"{name}: shape {tuple(value.shape)}, the network's is {tuple(own[name].shape)}")
+    return {**{k: v for k, v in own.items() if k not in renamed}, **renamed}
+
+
 def _guess_checkpoint_format(path: Path) -> str:
     checkpoint = load_pickle(path)
     if isinstance(checkpoint, dict) and "model" in checkpoint and "state_dict" not in checkpoint:
         return "llamagen"
     state = state_dict_of(checkpoint)
+    if "decoder.adaptive.0.gamma.weight" in state:
+        return "open_magvit2"
     return "ldm" if any(k.startswith("first_stage_model.") for k in state) else "taming"
 
 

@@ -89,7 +89,7 @@ def to_reference(tokenizer: Any, state: Mapping[str, Tensor] | None = None) -> d
                 out[f"{stem}.{part}.{leaf}"] = chunk.clone()
         else:
             out[reference] = value
-    leftover = [k for k in state if not _bookkeeping(k)]
+    leftover = [k for k in state if not is_bookkeeping(k)]
     if leftover:
         raise LayoutError(f"no reference name for {leftover[:5]}")
     return out
@@ -133,7 +133,7 @@ def from_reference(tokenizer: Any, reference: Mapping[str, Tensor], dropped: tup
                           f"{sorted(remaining)[:5]} (a different architecture, or parts to list as dropped)")
     for name, value in own.items():  # buffers vtok keeps for itself (code use, initialisation flags)
         if name not in out:
-            if not _bookkeeping(name):
+            if not is_bookkeeping(name):
                 raise LayoutError(f"{name} is not in the reference layout")
             out[name] = value
     return out
@@ -154,9 +154,10 @@ def _reference_module(names: Mapping[str, str], module: str, role: str) -> str |
     return f"{base}.{rest}" if rest else base
 
 
-def _bookkeeping(name: str) -> bool:
-    """Buffers vtok adds to a bottleneck (running code use, whether the codebook was initialised)."""
-    return name.startswith("quantizer.") and name.rsplit(".", 1)[1] in ("relative_use", "initialized")
+def is_bookkeeping(name: str) -> bool:
+    """Buffers vtok adds to a bottleneck (running code use, whether the codebook was initialised, LFQ's step count
+    for its entropy schedule)."""
+    return name.startswith("quantizer.") and name.rsplit(".", 1)[1] in ("relative_use", "initialized", "steps")
 
 
 def config_from_ldm(ddconfig: Mapping[str, Any], embed_dim: int, n_embed: int | None = None,
