@@ -19,11 +19,11 @@ from vtok.published import FORMATS, from_published
 class ImportCommand:
     """The keys of ``vtok-import``."""
 
-    src: str = key(help="a diffusers folder (AutoencoderKL / VQModel, or a pipeline with vae/), or an LDM / "
-                        "Stable Diffusion / taming VQGAN checkpoint file")
+    src: str = key(help="a diffusers folder (AutoencoderKL / VQModel, or a pipeline with vae/), a TiTok folder, or "
+                        "an LDM / Stable Diffusion / taming / IBQ / Open-MAGVIT2 / LlamaGen checkpoint file")
     out: str = key(help="the vtok folder to write")
-    format: str = key("auto", f"auto or one of {list(FORMATS)} (auto: a folder is diffusers; a file with "
-                              "first_stage_model. keys is ldm, else taming)")
+    format: str = key("auto", f"auto or one of {list(FORMATS)} (auto: a folder is titok when its config.json has "
+                              "model.vq_model, else diffusers; a file is told apart by its names)")
     image_size: int | None = key(None, "the tokenizer's image size for checkpoints that do not record it (ldm, "
                                        "taming; default 256): their attention resolutions are read at this size")
     name: str | None = key(None, "model name in the card (default: the folder name)")
@@ -32,7 +32,8 @@ class ImportCommand:
 
 def main(argv: list[str] | None = None) -> int:
     return run_command("vtok-import", "Read a published tokenizer (diffusers, LDM / Stable Diffusion, taming VQGAN, "
-                       "LlamaGen) into vtok and write it as a vtok folder.", ImportCommand, _import_command, argv)
+                       "LlamaGen, Open-MAGVIT2, TiTok) into vtok and write it as a vtok folder.", ImportCommand,
+                       _import_command, argv)
 
 
 def _import_command(args: ImportCommand) -> int:

@@ -31,7 +31,8 @@ class TokenizerDataModule(L.LightningDataModule):
         prepare: called once on the main process before ``setup`` (e.g. to write sample shards).
         seed: seed of the training stream for map-style datasets.
         image_size: training resolution, recorded for the model config and reports.
-        val_crop: how validation images are cut (``center``, ``adm`` or ``full``); the validation transform reads it
+        val_crop: how validation images are cut (``center``, ``full``, or a paper's protocol: ``adm``,
+            ``resize_bicubic``, ``resize_bilinear``); the validation transform reads it
             from the config, and reports record it.
     """
 

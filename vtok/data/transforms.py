@@ -23,8 +23,10 @@ from .decode import MIN_SIDE, BadImage, decode_image, decode_pixels, open_image,
 __all__ = ["CROP_MODES", "IMAGE_EXTENSIONS", "MIN_SIDE", "BadImage", "Crop", "ImageTransform", "adm_center_crop",
            "decode_image", "decode_pixels", "to_rgb", "to_tensor", "to_uint8"]
 
-# random / random_resized for training; center (vtok's evaluation crop), adm (the ADM protocol) and full for evaluation
-CROP_MODES = ("random", "random_resized", "center", "full", "adm")
+# random / random_resized for training; for evaluation center (vtok's), full, and the papers' protocols: adm (ADM's
+# centre crop: LlamaGen, TokenFlow), resize_bicubic (torchvision Resize + CenterCrop, bicubic: TiTok), resize_bilinear
+# (the same, bilinear: Open-MAGVIT2, IBQ)
+CROP_MODES = ("random", "random_resized", "center", "full", "adm", "resize_bicubic", "resize_bilinear")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -97,8 +99,8 @@ class ImageTransform:
             BadImage: ``too_small`` when ``"full"`` leaves nothing of the image.
         """
         pixels = pil_to_pixels(to_rgb(image)) if isinstance(image, Image.Image) else image
-        if self.mode == "adm":
-            return adm_center_crop(pixels, self.size)
+        if self.mode in PROTOCOL_CROPS:
+            return PROTOCOL_CROPS[self.mode](pixels, self.size)
         return self.apply(pixels, self.plan(pixels.shape[2], pixels.shape[1], rng))
 
     def load(self, data: bytes, rng: np.random.Generator) -> Tensor:
@@ -109,8 +111,8 @@ class ImageTransform:
         """
         header = open_image(data)
         width, height = header.size
-        if self.mode == "adm":
-            return adm_center_crop(read_pixels(header, data, 1), self.size)
+        if self.mode in PROTOCOL_CROPS:
+            return PROTOCOL_CROPS[self.mode](read_pixels(header, data, 1), self.size)
         crop = self.plan(width, height, rng)
         pixels = read_pixels(header, data, crop.reduction() if self.reduced_decode else 1)
         return self.apply(pixels, crop, scale=width / pixels.shape[2])
@@ -201,3 +203,23 @@ def adm_center_crop(pixels: Tensor, size: int) -> Tensor:
     left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
     out = torch.from_numpy(np.asarray(image.crop((left, top, left + size, top + size))).copy()).permute(2, 0, 1)
     return out.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+def torchvision_center_crop(pixels: Tensor, size: int, bicubic: bool) -> Tensor:
+    """``(3, H, W)`` uint8 -> ``(3, size, size)`` in ``[-1, 1]`` as ``transforms.Resize(size)`` then
+    ``CenterCrop(size)`` make it from a PIL image (bicubic: TiTok's evaluation; bilinear, torchvision's default:
+    Open-MAGVIT2's and IBQ's)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    image = Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+    mode = InterpolationMode.BICUBIC if bicubic else InterpolationMode.BILINEAR
+    image = TF.center_crop(TF.resize(image, size, interpolation=mode, antialias=True), size)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).to(torch.float32).div_(127.5).sub_(1.0)
+
+
+PROTOCOL_CROPS = {
+    "adm": adm_center_crop,
+    "resize_bicubic": lambda pixels, size: torchvision_center_crop(pixels, size, bicubic=True),
+    "resize_bilinear": lambda pixels, size: torchvision_center_crop(pixels, size, bicubic=False),
+}

@@ -15,6 +15,8 @@ CROPS = {
     "center": "vtok: resize the short side to image_size (bicubic, antialiased), cut the centre",
     "adm": "ADM (guided-diffusion center_crop_arr; LlamaGen, TokenFlow): halve with a box filter while the short side "
            "is >= 2 x image_size, bicubic to image_size, cut the centre",
+    "resize_bicubic": "TiTok: torchvision Resize(image_size, bicubic, antialias) then CenterCrop(image_size) on PIL",
+    "resize_bilinear": "Open-MAGVIT2 / IBQ: torchvision Resize(image_size) (bilinear) then CenterCrop(image_size)",
     "full": "whole images, sides cut down to a multiple of the tokenizer's factor",
 }
 

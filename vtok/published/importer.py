@@ -10,6 +10,9 @@ Formats:
   discriminator and LPIPS under ``loss.*`` are dropped).
 - ``open_magvit2``: an Open-MAGVIT2 Lightning checkpoint (``state_dict``: its CNN, whose names the ``magvit2``
   family keeps; LFQ stores no codebook); its discriminator and LPIPS (``loss.``) are dropped.
+- ``titok``: a TiTok folder as its ``PyTorchModelHubMixin`` writes it (``config.json`` with ``model.vq_model``,
+  ``model.safetensors``; or ``pytorch_model.bin``), VQ variants: into the ``titok`` family, the two-stage
+  recipe's MaskGIT-VQGAN pixel decoder included.
 - ``llamagen``: LlamaGen's ``vq_ds16_c2i.pt`` / ``vq_ds8_c2i.pt`` (``model`` or ``ema`` weights; taming's network
   under other container names, l2-normalised codes; its code-use buffer ``quantize.codebook_used`` is dropped).
 
@@ -33,7 +36,8 @@ from . import diffusers as diffusers_format
 from .ldm import CODEBOOK, LayoutError, from_reference, is_bookkeeping
 from .pickles import load_pickle, state_dict_of
 
-FORMATS = ("diffusers", "ldm", "taming", "llamagen", "open_magvit2")
+FORMATS = ("diffusers", "ldm", "taming", "llamagen", "open_magvit2", "titok")
+TITOK_SIZES = {"small": (512, 8, 8), "base": (768, 12, 12), "large": (1024, 24, 16)}  # width, depth, heads
 
 
 @dataclass
@@ -71,7 +75,7 @@ def from_published(path: str | Path, format: str = "auto", image_size: int | Non
     """
     path = Path(path)
     if format == "auto":
-        format = "diffusers" if path.is_dir() else _guess_checkpoint_format(path)
+        format = _guess_folder_format(path) if path.is_dir() else _guess_checkpoint_format(path)
     if format not in FORMATS:
         raise ValueError(f"format={format!r}: use one of {['auto', *FORMATS]}")
     record = ImportRecord(str(path), format)
@@ -83,10 +87,17 @@ def from_published(path: str | Path, format: str = "auto", image_size: int | Non
         key = "ema" if weights == "ema" and isinstance(checkpoint, dict) and "ema" in checkpoint else "model"
         reference = from_llamagen(state_dict_of(checkpoint, (key,)), record)
         tokenizer_config = infer_ldm_config(reference, image_size or 256, l2_normalize=True)
+    elif format == "titok":
+        config, state = read_titok_folder(path)
+        tokenizer = Tokenizer(**titok_config(config))
+        renamed = {_titok_name(k): v for k, v in state.items()}
+        tokenizer.load_state_dict(from_own_names(tokenizer, renamed))
+        record.mapped = len(state)
+        return tokenizer.eval(), record
     elif format == "open_magvit2":
         state = _average_or_live(_first_stage(state_dict_of(load_pickle(path)), record), weights, record)
         tokenizer = Tokenizer(**infer_magvit2_config(state, image_size or 256))
-        tokenizer.load_state_dict(from_own_names(tokenizer, state))
+        tokenizer.load_state_dict(from_own_names(tokenizer, state, skip_is_nin_shortcut=True))
         record.mapped = len(state)
         return tokenizer.eval(), record
     else:
@@ -139,14 +150,15 @@ def infer_magvit2_config(state: dict[str, Tensor], image_size: int = 256) -> dic
             "image_size": image_size}
 
 
-def from_own_names(tokenizer: Tokenizer, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A state dict for a family that keeps its reference's names (``magvit2``): only the residual blocks'
-    ``nin_shortcut`` is vtok's ``skip``.
+def from_own_names(tokenizer: Tokenizer, state: dict[str, Tensor], skip_is_nin_shortcut: bool = False
+                   ) -> dict[str, Tensor]:
+    """A state dict for a family that keeps its reference's names (``magvit2``, ``titok``); with
+    ``skip_is_nin_shortcut`` (``magvit2``, built from vtok's residual block) ``nin_shortcut`` is vtok's ``skip``.
 
     Raises:
         LayoutError: a tensor missing, left over, or of another shape (named).
     """
-    renamed = {k.replace(".nin_shortcut.", ".skip."): v for k, v in state.items()}
+    renamed = {k.replace(".nin_shortcut.", ".skip.") if skip_is_nin_shortcut else k: v for k, v in state.items()}
     own = tokenizer.state_dict()
     missing = [k for k in own if k not in renamed and not is_bookkeeping(k)]
     extra = [k for k in renamed if k not in own]
@@ -156,6 +168,73 @@ def from_own_names(tokenizer: Tokenizer, state: dict[str, Tensor]) -> dict[str, 
         if value.shape != own[name].shape:
             raise LayoutError(f"{name}: shape {tuple(value.shape)}, the network's is {tuple(own[name].shape)}")
     return {**{k: v for k, v in own.items() if k not in renamed}, **renamed}
+
+
+def _guess_folder_format(path: Path) -> str:
+    import json
+
+    config = path / "config.json"
+    if config.is_file() and "vq_model" in (json.loads(config.read_text()).get("model") or {}):
+        return "titok"
+    return "diffusers"
+
+
+def read_titok_folder(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(config, state dict)`` of a TiTok folder (``config.json`` + ``model.safetensors`` or, read through the
+    pickle allowlist, ``pytorch_model.bin``).
+
+    Raises:
+        FileNotFoundError: neither weights file is there.
+    """
+    import json
+
+    config = json.loads((path / "config.json").read_text())
+    if (path / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return config, load_file(str(path / "model.safetensors"))
+    if (path / "pytorch_model.bin").is_file():
+        return config, state_dict_of(load_pickle(path / "pytorch_model.bin"))
+    raise FileNotFoundError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
+
+
+def titok_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A vtok config for a TiTok ``config.json`` (``model.vq_model``, ``dataset.preprocessing.crop_size``).
+
+    Raises:
+        LayoutError: a variant vtok does not read (its VAE, or a model size it does not know).
+    """
+    vq = config["model"]["vq_model"]
+    if vq.get("quantize_mode", "vq") != "vq":
+        raise LayoutError(f"TiTok's quantize_mode={vq['quantize_mode']!r} (its VAE variants) is not supported: VQ only")
+    sizes = {}
+    for role in ("enc", "dec"):
+        size = vq[f"vit_{role}_model_size"]
+        if size not in TITOK_SIZES:
+            raise LayoutError(f"vit_{role}_model_size={size!r}: TiTok's sizes are {list(TITOK_SIZES)}")
+        sizes[role] = dict(zip(("width", "depth", "heads"), TITOK_SIZES[size]))
+    image_size = int(config.get("dataset", {}).get("preprocessing", {}).get("crop_size", 256))
+    tokens, legacy = int(vq["num_latent_tokens"]), bool(vq.get("is_legacy", True))
+    two_stage = bool(vq.get("finetune_decoder", True))
+    return {"encoder": {"kind": "titok", "image_size": image_size, "patch_size": int(vq["vit_enc_patch_size"]),
+                        "num_tokens": tokens, "out_dim": int(vq["token_size"]), "legacy": legacy, **sizes["enc"]},
+            "quantizer": {"kind": "vq", "codebook_size": int(vq["codebook_size"]),
+                          "codebook_dim": int(vq["token_size"]), "l2_normalize": bool(vq.get("use_l2_norm", False)),
+                          "commitment_weight": float(vq.get("commitment_cost", 0.25)), "data_init": False},
+            "decoder": {"kind": "titok", "image_size": image_size, "patch_size": int(vq["vit_dec_patch_size"]),
+                        "num_tokens": tokens, "pixel_decoder": "maskgit_vqgan" if two_stage else "rgb",
+                        **sizes["dec"]},
+            "image_size": image_size}
+
+
+def _titok_name(name: str) -> str:
+    """TiTok's top-level names -> the family's: the latent tokens live in the encoder, the codebook is the
+    quantizer's, the two-stage pixel decoder and its codebook are the decoder's."""
+    if name == "latent_tokens":
+        return "encoder.latent_tokens"
+    if name == "quantize.embedding.weight":
+        return "quantizer.codebook"
+    return f"decoder.{name}" if name.startswith(("pixel_quantize.", "pixel_decoder.")) else name
 
 
 def _guess_checkpoint_format(path: Path) -> str:
