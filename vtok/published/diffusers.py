@@ -194,36 +194,27 @@ def read_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
 
 def from_diffusers_name(name: str, levels: int) -> str:
     """A diffusers name -> the reference-layout name (the inverse of :func:`to_diffusers_name`)."""
-    table = _inverse_table(levels)
-    for diffusers_prefix, reference_prefix in table:
-        if name.startswith(diffusers_prefix):
-            return reference_prefix + name[len(diffusers_prefix):]
+    resnet = {v: k for k, v in _RESNET.items()}
+    attention = {v: k for k, v in _ATTENTION.items()}
+    level = {"encoder": lambda i: int(i), "decoder": lambda i: levels - 1 - int(i)}
+    rules = [
+        (r"^(\w+coder)\.(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.",
+         lambda m: f"{m[1]}.{m[2]}.{level[m[1]](m[3])}.block.{m[4]}.{resnet.get(m[5], m[5])}."),
+        (r"^(\w+coder)\.(down|up)_blocks\.(\d+)\.attentions\.(\d+)\.(group_norm|to_q|to_k|to_v|to_out\.0)\.",
+         lambda m: f"{m[1]}.{m[2]}.{level[m[1]](m[3])}.attn.{m[4]}.{attention[m[5]]}."),
+        (r"^(\w+coder)\.(down|up)_blocks\.(\d+)\.(down|up)samplers\.0\.conv\.",
+         lambda m: f"{m[1]}.{m[2]}.{level[m[1]](m[3])}.{m[4]}sample.conv."),
+        (r"^(\w+coder)\.mid_block\.resnets\.(\d)\.(\w+)\.",
+         lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}.{resnet.get(m[3], m[3])}."),
+        (r"^(\w+coder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.",
+         lambda m: f"{m[1]}.mid.attn_1.{attention[m[2]]}."),
+        (r"^(\w+coder)\.conv_norm_out\.", lambda m: f"{m[1]}.norm_out."),
+    ]
+    for pattern, replace in rules:
+        renamed, count = re.subn(pattern, replace, name)
+        if count:
+            return renamed
     return name
-
-
-def _inverse_table(levels: int) -> list[tuple[str, str]]:
-    """(diffusers prefix, reference prefix) for every block, longest first."""
-    pairs = []
-    for role, blocks, sub in (("encoder", "down", "down_blocks"), ("decoder", "up", "up_blocks")):
-        for i in range(levels):
-            d = i if role == "encoder" else levels - 1 - i
-            for j in range(8):
-                for ref, dif in (*((k, v) for k, v in _RESNET.items()), ("norm1", "norm1"), ("conv1", "conv1"),
-                                 ("norm2", "norm2"), ("conv2", "conv2")):
-                    pairs.append((f"{role}.{sub}.{d}.resnets.{j}.{dif}.", f"{role}.{blocks}.{i}.block.{j}.{ref}."))
-                for ref, dif in _ATTENTION.items():
-                    pairs.append((f"{role}.{sub}.{d}.attentions.{j}.{dif}.", f"{role}.{blocks}.{i}.attn.{j}.{ref}."))
-            sampler = "downsamplers" if role == "encoder" else "upsamplers"
-            name = "downsample" if role == "encoder" else "upsample"
-            pairs.append((f"{role}.{sub}.{d}.{sampler}.0.conv.", f"{role}.{blocks}.{i}.{name}.conv."))
-        for j, block in ((0, "block_1"), (1, "block_2")):
-            for ref, dif in (*((k, v) for k, v in _RESNET.items()), ("norm1", "norm1"), ("conv1", "conv1"),
-                             ("norm2", "norm2"), ("conv2", "conv2")):
-                pairs.append((f"{role}.mid_block.resnets.{j}.{dif}.", f"{role}.mid.{block}.{ref}."))
-        for ref, dif in _ATTENTION.items():
-            pairs.append((f"{role}.mid_block.attentions.0.{dif}.", f"{role}.mid.attn_1.{ref}."))
-        pairs.append((f"{role}.conv_norm_out.", f"{role}.norm_out."))
-    return sorted(pairs, key=lambda p: -len(p[0]))
 
 
 def _option(part: Mapping[str, Any], key: str) -> Any:

@@ -66,7 +66,7 @@ def check_reference_tokenizer(tokenizer: Any) -> None:
         options = config[role]
         if options.get("patch_size", 1) != 1 or options.get("downsample") or options.get("lowpass_skip"):
             raise LayoutError(f"{role}: patch_size / downsample / lowpass_skip are vtok's own, not in the reference")
-    if kinds[0] == "conv" and config["encoder"].get("downsample_padding", "same") != "bottom_right":
+    if config["encoder"].get("downsample_padding", "same") != "bottom_right":
         raise LayoutError("encoder.downsample_padding must be bottom_right, as the references pad")
     quantizer = tokenizer.quantizer
     if kinds[1] == "vq" and (getattr(quantizer, "linear_codebook", False) or quantizer.codebook_dim != quantizer.in_dim
