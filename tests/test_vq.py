@@ -106,24 +106,33 @@ def test_entropy_loss_spreads_vq_codes():
 @pytest.mark.parametrize("cosine", [False, True])
 @pytest.mark.parametrize("dim", [8, 256])
 def test_bf16_search_finds_the_exact_nearest_code(cosine, dim):
-    """Random rows, rows within 1% of a code (near-ties between bf16 scores), and midpoints of two codes (exact
-    ties, which any fp32 summation order breaks its own way)."""
+    """Random rows, and rows within 1% of a code (near-ties between bf16 scores): the same index as fp32."""
     torch.manual_seed(0)
     codes = torch.randn(2048, dim)
-
-    def picks() -> torch.Tensor:
-        return codes[torch.randint(2048, (1500,))]
-
-    for z, ties in ((torch.randn(1500, dim), False), (picks() + 0.01 * torch.randn(1500, dim), False),
-                    ((picks() + picks()) / 2, True)):
+    picks = codes[torch.randint(2048, (1500,))]
+    for z in (torch.randn(1500, dim), picks + 0.01 * torch.randn(1500, dim)):
         c, z = (F.normalize(codes, dim=1), F.normalize(z, dim=1)) if cosine else (codes, z)
         exact = nearest_code(z, c, cosine=cosine, chunk=512)
-        fast = nearest_code(z, c, cosine=cosine, chunk=512, precision="bf16")
-        if not ties:
-            assert torch.equal(fast, exact)
-        else:  # where they differ, both codes are equally near up to fp32 rounding
-            distance_fast, distance_exact = ((z - c[i]).pow(2).sum(1) for i in (fast, exact))
-            assert torch.allclose(distance_fast, distance_exact, rtol=1e-5, atol=1e-5)
+        assert torch.equal(nearest_code(z, c, cosine=cosine, chunk=512, precision="bf16"), exact)
+
+
+@pytest.mark.parametrize("cosine", [False, True])
+@pytest.mark.parametrize("dim", [8, 256])
+def test_bf16_and_fp32_search_break_exact_ties_alike(cosine, dim):
+    """Exact ties, bit for bit: small-integer codes (duplicated, so ties are certain) and rows at codes and at
+    midpoints of two codes, so every score is exact in fp32 whatever the summation order, and both searches must
+    return the lowest tied index."""
+    torch.manual_seed(0)
+    codes = torch.randint(-8, 9, (2048, dim)).float()
+    codes[1024:] = codes[:1024]  # every code twice, in another group
+    first, second = torch.randint(1024, (2, 1500))
+    midpoints = (codes[first] + codes[second]) / 2
+    for z in (codes[first],) if cosine else (codes[first], midpoints):  # cosine: the duplicates are the ties
+        exact = nearest_code(z, codes, cosine=cosine, chunk=512)
+        assert torch.equal(nearest_code(z, codes, cosine=cosine, chunk=512, precision="bf16"), exact)
+        assert bool((exact < 1024).all())  # the first copy of a duplicated code
+        scores = z @ codes.t() - (0 if cosine else 0.5 * codes.pow(2).sum(1))
+        assert torch.equal(scores.gather(1, exact[:, None])[:, 0], scores.max(1).values)
 
 
 @pytest.mark.parametrize("dim", [32, 256])

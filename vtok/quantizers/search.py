@@ -15,6 +15,9 @@ argmax per row. Two ways to run it, with the same answer:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
@@ -165,7 +168,8 @@ class _CertifiedBf16Search:
         rows_bf16 = block.bfloat16()
         if self.augmented:
             rows_bf16 = torch.cat([rows_bf16, rows_bf16.new_ones(n, 1)], dim=1)
-        scores = (rows_bf16 @ self.codes_t).view(n, self.groups, GROUP)
+        with _fp32_accumulation(block.device):
+            scores = (rows_bf16 @ self.codes_t).view(n, self.groups, GROUP)
         group_max = scores.amax(2).float()  # (n, groups)
         floor = _window_floor(group_max.max(1).values, block, self.code_norm, self.max_bias)  # (n,)
         rows, groups = (group_max >= floor[:, None]).nonzero(as_tuple=True)
@@ -191,6 +195,26 @@ class _CertifiedBf16Search:
         return winner
 
 
+@contextmanager
+def _fp32_accumulation(device: torch.device) -> Iterator[None]:
+    """Hold cuBLAS to fp32 accumulation of bf16 products, which the window assumes.
+
+    By default torch lets cuBLAS reduce bf16 products in reduced precision (split-K partial sums rounded to
+    bf16: ``allow_bf16_reduced_precision_reduction``), an error the window does not bound. CPU kernels
+    accumulate in fp32 whatever the flag says.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    flags = torch.backends.cuda.matmul
+    saved = flags.allow_bf16_reduced_precision_reduction
+    flags.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        flags.allow_bf16_reduced_precision_reduction = saved
+
+
 def _window_floor(best: Tensor, block: Tensor, code_norm: Tensor, max_bias: Tensor) -> Tensor:
     """Per row, the lowest bf16 score a code can have and still be the nearest, given the row's best bf16
     score ``best`` ``(n,)`` and its ``(n, d)`` rows.
@@ -198,14 +222,16 @@ def _window_floor(best: Tensor, block: Tensor, code_norm: Tensor, max_bias: Tens
     For a code with exact score ``E`` and bf16 score ``S``, let ``T`` be the fp32 sum before its rounding to
     bf16. ``|T - E| <= e``: rounding ``z`` and ``c`` to bf16 moves each product by at most
     ``(2u + u^2) |z_i c_i|`` (and ``sum_i |z_i c_i| <= |z| |c|``), the bias ``b = -|c|^2 / 2`` by ``u |b|``, and
-    fp32 accumulation of ``d + 1`` terms adds ``(d + 1) 2^-24`` of their magnitudes. ``|S - T| <= u |T| <= u' |S|``
-    with ``u' = u / (1 - u)``. So ``E <= U(S) = S + u' |S| + e`` and ``E >= S - u' |S| - e``: a code can beat the
-    best-scored one only if ``U(S) >= best - u' |best| - e``, and since ``U`` increases, that is ``S`` at or above
-    the returned floor. The factor 1.01 on ``e`` covers the fp32 rounding of these bounds themselves.
+    fp32 accumulation of ``d + 1`` terms adds ``(d + 1) 2^-24`` of their magnitudes, taken 4x: tensor cores and
+    AMX tiles add aligned products with truncation, which the textbook bound of a rounded sequential sum need not
+    cover (the term stays under 1% of the input-rounding one up to 256 dims, 6% at 2,048). On CUDA the product is
+    held to fp32 accumulation (``_fp32_accumulation``). ``|S - T| <= u |T| <= u' |S|`` with ``u' = u / (1 - u)``.
+    So ``E <= U(S) = S + u' |S| + e`` and ``E >= S - u' |S| - e``: a code can beat the best-scored one only if
+    ``U(S) >= best - u' |best| - e``, and since ``U`` increases, that is ``S`` at or above the returned floor. The factor 1.01 on ``e`` covers the fp32 rounding of these bounds themselves.
     """
     u = BF16_UNIT_ROUNDOFF
     u_out = u / (1 - u)
-    accumulation = (block.shape[1] + 1) * 2.0**-24
+    accumulation = 4 * (block.shape[1] + 1) * 2.0**-24
     e = 1.01 * ((2 * u + u * u + accumulation) * block.norm(dim=1) * code_norm + (u + accumulation) * max_bias)
     target = best - u_out * best.abs() - 2 * e  # U(S) - e must reach this
     return torch.where(target >= 0, target / (1 + u_out), target / (1 - u_out))
