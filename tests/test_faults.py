@@ -475,6 +475,44 @@ def test_hostile_images_are_converted_or_skipped_and_counted_by_kind(hostile_sha
     assert len(drawn) == 40 and all("image" in s and s["key"] in usable for s in drawn)
 
 
+@pytest.mark.parametrize("cut_in", ["member", "header_boundary"])
+def test_a_damaged_shard_is_counted_never_cached_and_invalid_json_is_counted(tmp_path, caplog, cut_in):
+    """A shard cut mid-member: the samples before the cut are used, the sample being read and the rest are one
+    ``damaged_shard`` entry (evaluation reports it by kind), and a decode cache never keeps the shard as if it had been read whole.
+    A ``json`` member that is not JSON is counted as ``json_invalid`` and the ``txt`` caption is used."""
+    import webdataset as wds
+
+    from vtok.data import ImageTransform, ShardDataset
+
+    photo = _encode(__import__("PIL.Image", fromlist=["Image"]).new("RGB", (40, 40), (200, 30, 30)))
+    whole = tmp_path / "whole.tar"
+    with wds.TarWriter(str(whole)) as sink:
+        sink.write({"__key__": "bad_json", "png": photo, "json": b"{not json", "txt": b"a red square"})
+        sink.write({"__key__": "list_json", "png": photo, "json": b"[1, 2]"})
+        for i in range(4):
+            sink.write({"__key__": f"s{i}", "png": photo, "txt": b"red"})
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.tar"
+    s2 = data.index(b"s2.png")  # its header: a cut there ends the file between members, one later cuts it
+    cut.write_bytes(data[: s2 if cut_in == "header_boundary" else s2 + 512 + 50])
+
+    stream = ShardDataset(str(cut), ImageTransform(size=32, mode="center"), resampled=False, shuffle_buffer=0,
+                          captions=True, decode_cache=16)
+    with caplog.at_level("WARNING"):
+        first = list(stream)
+    images = [s for s in first if "image" in s]
+    # the sample being read when the file ended may have lost members: it goes with the rest
+    assert [s["key"] for s in images] == ["bad_json", "list_json", "s0"]
+    assert first[-1] == {"skipped": "damaged_shard", "key": str(cut)}
+    assert stream.counts["damaged_shard"] == 1 and "cut short" in caplog.text and "damaged_shard" in caplog.text
+    assert stream.counts["json_invalid"] == 2
+    assert images[0]["caption"] == "a red square" and images[1]["caption"] == ""
+    assert stream._small_shards == {}  # not cached: the next pass reads the file again
+    cut.write_bytes(data)  # repaired on disk: the next pass sees every sample
+    assert [s["key"] for s in stream if "image" in s] == ["bad_json", "list_json", "s0", "s1", "s2", "s3"]
+    assert stream.counts["damaged_shard"] == 1 and str(cut) in stream._small_shards
+
+
 @pytest.mark.slow
 def test_evaluation_and_the_writer_count_the_same_hostile_set(hostile_shard, tmp_path):
     from vtok.data.shards import folder_items, write_shards

@@ -36,15 +36,17 @@ def tar_members(path: str) -> Iterator[tuple[str, bytes]]:
     other member types (directories, links, global pax headers) are skipped.
 
     Raises:
-        TarDamaged: a header with a wrong checksum or a member shorter than its header says (after the members
-            before it were yielded).
+        TarDamaged: a header with a wrong checksum, a member shorter than its header says, or a file that ends
+            without the end-of-archive blocks (after the members before it were yielded).
     """
     with open(path, "rb", buffering=1 << 20) as f:
         long_name: str | None = None
         while True:
             header = f.read(BLOCK)
-            if len(header) < BLOCK or header == bytes(BLOCK):
-                return  # end of archive (two zero blocks), or a file that simply ends
+            if header == bytes(BLOCK):
+                return  # end of archive (zero blocks)
+            if len(header) < BLOCK:  # every tar writer ends with zero blocks: a file without them was cut short
+                raise TarDamaged(f"{path}: cut short at byte {f.tell() - len(header)} (no end-of-archive blocks)")
             size, kind, name = _parse(header, f"{path} at byte {f.tell() - BLOCK}")
             data = f.read(size)
             if len(data) < size:

@@ -33,6 +33,7 @@ from .transforms import IMAGE_EXTENSIONS, ImageTransform
 log = logging.getLogger(__name__)
 
 _IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+DAMAGED = "__damaged__"  # the entry a damaged shard ends with
 _META = re.compile(r"__[^/]*__($|/)")  # WebDataset's metadata members, skipped as its reader skips them
 
 
@@ -148,27 +149,36 @@ class ShardDataset(IterableDataset):
             yield from self.urls[rank::world][worker::workers]
 
     def _raw_samples(self, rank: int, world: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
-        def count_and_continue(error: Exception) -> bool:
-            log.warning("skipping unreadable shard data: %s", error)
-            return True
-
         def read(url: str) -> Iterator[dict[str, Any]]:
             if url in self._small_shards:
                 yield from self._small_shards[url]
                 return
+            damage: list[Exception] = []
+
+            def note_damage(error: Exception) -> bool:  # WebDataset's handler protocol: True = carry on
+                damage.append(error)
+                return True
+
             if is_plain_tar(url):
-                files = _tar_files(url, count_and_continue)
+                files = _tar_files(url, note_damage)
             else:  # remote, piped or compressed: WebDataset's reader
-                files = tar_file_expander(url_opener([{"url": url}], handler=count_and_continue),
-                                          handler=count_and_continue)
+                files = tar_file_expander(url_opener([{"url": url}], handler=note_damage), handler=note_damage)
             kept: list[dict[str, Any]] = []
             small = self.decode_cache > 0
-            for sample in group_by_keys(files, handler=count_and_continue):
+            pending = None  # held back one sample: the one being read when damage hits may lack members
+            for sample in group_by_keys(files, handler=note_damage):
+                if pending is not None:
+                    yield pending
+                pending = sample
                 if small:
                     kept.append(sample)
                     small = len(kept) <= self.decode_cache
-                yield sample
-            if small:  # the whole shard was read and fits
+            if damage:  # the sample it hit and the rest of the shard are lost: one entry, counted like a bad sample
+                yield {DAMAGED: "; ".join(map(str, damage)), "__key__": url, "__url__": url}
+                return
+            if pending is not None:
+                yield pending
+            if small:  # read whole (a shard cut short is read again next time) and it fits
                 self._small_shards[url] = kept
 
         samples = (sample for url in self._my_shards(rank, world, worker, workers) for sample in read(url))
@@ -223,6 +233,8 @@ class ShardDataset(IterableDataset):
             rng = np.random.default_rng([self.seed, self.epoch, rank, worker, 3, position])
             key = raw.get("__key__", "")
             try:
+                if DAMAGED in raw:
+                    raise BadImage("damaged_shard", f"the rest of the shard is unreadable: {raw[DAMAGED]}")
                 if image_key is None:
                     members = sorted(k for k in raw if not k.startswith("__"))
                     raise BadImage("no_image", f"members {members}")
@@ -257,37 +269,40 @@ def _tar_files(url: str, on_error: Callable[[Exception], bool]) -> Iterator[dict
         on_error(error)
 
 
-def _meta(raw: dict[str, Any]) -> dict[str, Any]:
-    """The sample's ``json`` member as a dict (``{}`` when absent or not a UTF-8 JSON object)."""
+def _meta(raw: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The sample's ``json`` member as a dict (``{}`` when absent) and its problem: ``json_invalid`` when the
+    member is not a UTF-8 JSON object (then ``{}``), else ``None``."""
+    if "json" not in raw:
+        return {}, None
     try:
-        meta = json.loads(raw["json"]) if "json" in raw else {}
+        meta = json.loads(raw["json"])
     except ValueError:  # invalid JSON or not UTF-8
-        return {}
-    return meta if isinstance(meta, dict) else {}
+        return {}, "json_invalid"
+    return (meta, None) if isinstance(meta, dict) else ({}, "json_invalid")
 
 
 def _prompt(raw: dict[str, Any]) -> str | None:
     """An instruction sample's ``prompt`` (``json`` with ``prompt`` and ``answer``), else ``None``."""
-    prompt = _meta(raw).get("prompt")
+    prompt = _meta(raw)[0].get("prompt")
     return str(prompt) if prompt is not None else None
 
 
 def _caption(raw: dict[str, Any], rng: np.random.Generator | None) -> tuple[str, str | None]:
     """The sample's caption: an instruction sample's ``answer``; with several (``json`` ``captions``), a random
     one per training visit (``rng``) and the first in evaluation; else ``txt``; else ``""``. Returns
-    ``(caption, problem)`` with problem ``caption_not_utf8`` (bytes replaced), ``no_caption`` or ``None``."""
-    if "json" in raw:
-        meta = _meta(raw)
-        if "answer" in meta:
-            return str(meta["answer"]).strip(), None
-        caption = meta.get("captions", meta.get("caption", ""))
-        if isinstance(caption, list) and caption:
-            return str(caption[int(rng.integers(len(caption)))] if rng is not None else caption[0]).strip(), None
-        if caption:
-            return str(caption).strip(), None
+    ``(caption, problem)`` with problem ``caption_not_utf8`` (bytes replaced), ``json_invalid`` (the ``json``
+    member unreadable: ``txt`` or ``""`` used), ``no_caption`` or ``None``."""
+    meta, problem = _meta(raw)
+    if "answer" in meta:
+        return str(meta["answer"]).strip(), None
+    caption = meta.get("captions", meta.get("caption", ""))
+    if isinstance(caption, list) and caption:
+        return str(caption[int(rng.integers(len(caption)))] if rng is not None else caption[0]).strip(), None
+    if caption:
+        return str(caption).strip(), None
     if "txt" in raw:
         try:
-            return raw["txt"].decode("utf-8").strip(), None
+            return raw["txt"].decode("utf-8").strip(), problem
         except UnicodeDecodeError:
             return raw["txt"].decode("utf-8", errors="replace").strip(), "caption_not_utf8"
-    return "", "no_caption"
+    return "", problem or "no_caption"
