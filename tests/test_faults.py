@@ -361,6 +361,79 @@ def test_mutated_artifacts_are_refused_with_vtoks_error(tmp_path):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 2 * 2**20  # KiB: < 2 GiB
 
 
+def _resave(weights: bytes, change) -> bytes:
+    """A safetensors file with its header changed by ``change(header)`` (data unchanged)."""
+    (length,) = struct.unpack("<Q", weights[:8])
+    header = json.loads(weights[8: 8 + length])
+    change(header)
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + weights[8 + length:]
+
+
+def test_malformed_folders_and_checkpoints_get_vtoks_errors_before_any_large_allocation(tmp_path):
+    """The escapes a mutation run found: values of the wrong type where a name is read (family, dtype), files
+    that are links to devices or folders, every malformed entry of a ``.ckpt``, and a valid file followed by an
+    8 GiB sparse tail. Each is refused with vtok's documented error, naming the file, before a model is built."""
+    from vtok.checkpoint import UnreadableCheckpointError, load_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = Tokenizer(**tiny_tokenizer_config())
+    tokenizer.save_pretrained(str(tmp_path / "good"))
+    config = json.loads((tmp_path / "good/config.json").read_text())
+    weights = (tmp_path / "good/model.safetensors").read_bytes()
+    first = next(k for k in tokenizer.state_dict())
+
+    def folder(name: str, config_json=None, weights_file=None, link: dict | None = None) -> Path:
+        out = tmp_path / name
+        out.mkdir()
+        for file, target in (link or {}).items():
+            os.symlink(target, out / file)
+        if "config.json" not in (link or {}):
+            (out / "config.json").write_text(json.dumps(config_json or config))
+        if "model.safetensors" not in (link or {}):
+            (out / "model.safetensors").write_bytes(weights if weights_file is None else weights_file)
+        return out
+
+    sparse = folder("sparse_tail")
+    with open(sparse / "model.safetensors", "r+b") as f:
+        f.truncate(len(weights) + 8 * 2**30)  # 8 GiB of holes: no disk, but a size allowance if believed
+    folders = {
+        folder("family_list", {**config, "family": ["Tokenizer"]}): "unknown tokenizer family",
+        folder("family_dict", {**config, "family": {"Tokenizer": 1}}): "unknown tokenizer family",
+        folder("dtype_list", weights_file=_resave(weights, lambda h: h[first].update(dtype=["F32"]))): "dtype",
+        folder("dtype_dict", weights_file=_resave(weights, lambda h: h[first].update(dtype={"F32": 1}))): "dtype",
+        folder("weights_device", link={"model.safetensors": "/dev/zero"}): "not a regular file .*/dev/zero",
+        folder("config_device", link={"config.json": "/dev/urandom"}): "not a regular file .*/dev/urandom",
+        folder("weights_folder", link={"model.safetensors": str(tmp_path)}): "not a regular file",
+        sparse: "8,589,934,592 bytes after the last tensor",
+    }
+    for path, match in folders.items():
+        with pytest.raises(InvalidPretrainedError, match=match):
+            Tokenizer.from_pretrained(str(path))
+
+    state = {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()}
+    good = {"tokenizer_config": tokenizer.config, "state_dict": state, "global_step": 3,
+            "ema": {"decay": 0.9, "updates": 1, "weights": tokenizer.state_dict()}}
+    checkpoints = {
+        "step_text": {**good, "global_step": "abc"}, "step_list": {**good, "global_step": [1]},
+        "state_list": {**good, "state_dict": [1, 2]}, "state_int_keys": {**good, "state_dict": {1: 2}},
+        "no_state": {k: v for k, v in good.items() if k != "state_dict"}, "ema_list": {**good, "ema": [1, 2]},
+        "ema_no_weights": {**good, "ema": {"decay": 0.9}}, "ema_weights_list": {**good, "ema": {"weights": [1]}},
+        "config_list": {**good, "tokenizer_config": [1]}, "terms_list": {**good, "loss_terms": [1]},
+        "terms_text": {**good, "loss_terms": "x"}, "a_list": [1, 2],
+    }
+    for name, content in checkpoints.items():
+        torch.save(content, tmp_path / f"{name}.ckpt")
+    (tmp_path / "safetensors.ckpt").write_bytes(weights)
+    torch.save(good, tmp_path / "sparse_tail.ckpt")
+    with open(tmp_path / "sparse_tail.ckpt", "r+b") as f:
+        f.truncate((tmp_path / "sparse_tail.ckpt").stat().st_size + 8 * 2**30)
+    for name in [*checkpoints, "safetensors", "sparse_tail"]:
+        with pytest.raises(UnreadableCheckpointError, match=f"{name}.ckpt"):
+            load_tokenizer(tmp_path / f"{name}.ckpt")
+    load_tokenizer(tmp_path / "good/")  # the unmutated artifacts load
+
+
 def test_a_checkpoints_tokenizer_config_is_checked_like_an_exported_one(tmp_path):
     from vtok.checkpoint import load_tokenizer
 
@@ -478,7 +551,8 @@ def test_hostile_images_are_converted_or_skipped_and_counted_by_kind(hostile_sha
 @pytest.mark.parametrize("cut_in", ["member", "header_boundary"])
 def test_a_damaged_shard_is_counted_never_cached_and_invalid_json_is_counted(tmp_path, caplog, cut_in):
     """A shard cut mid-member: the samples before the cut are used, the sample being read and the rest are one
-    ``damaged_shard`` entry (evaluation reports it by kind), and a decode cache never keeps the shard as if it had been read whole.
+    ``damaged_shard`` entry (evaluation reports it by kind), and a decode cache never keeps the shard as if it had
+    been read whole.
     A ``json`` member that is not JSON is counted as ``json_invalid`` and the ``txt`` caption is used."""
     import webdataset as wds
 

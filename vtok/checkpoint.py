@@ -86,14 +86,40 @@ def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     except Exception as error:  # truncated zip, bad pickle, wrong magic: all mean the same to a user
         raise UnreadableCheckpointError(f"checkpoint {path} cannot be read ({type(error).__name__}: "
                                         f"{str(error)[:200]}): truncated or corrupt") from error
-    if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict) or "global_step" not in raw:
-        raise UnreadableCheckpointError(f"checkpoint {path} is not a vtok training checkpoint (no "
-                                        "state_dict/global_step)")
+    _check_layout(raw, path)
     config = raw.get("tokenizer_config")
-    return TrainingCheckpoint(path=path, step=int(raw["global_step"]), state_dict=raw["state_dict"],
+    return TrainingCheckpoint(path=path, step=raw["global_step"], state_dict=raw["state_dict"],
                               tokenizer_config=config if isinstance(config, dict) else None,
-                              ema=raw.get("ema") if isinstance(raw.get("ema"), dict) else None,
-                              loss_terms=dict(raw.get("loss_terms") or {}), raw=raw)
+                              ema=raw.get("ema"), loss_terms=dict(raw.get("loss_terms") or {}), raw=raw)
+
+
+def _check_layout(raw: Any, path: Path) -> None:
+    """The entries vtok reads have the types it reads them as; anything else is a damaged or foreign file.
+
+    Raises:
+        UnreadableCheckpointError: naming the file and the entry.
+    """
+    def refuse(what: str) -> UnreadableCheckpointError:
+        return UnreadableCheckpointError(f"checkpoint {path} is not a vtok training checkpoint: {what}")
+
+    if not isinstance(raw, dict):
+        raise refuse(f"it holds a {type(raw).__name__}, not a dict")
+    state = raw.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise refuse("no state_dict of named weights")
+    step = raw.get("global_step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise refuse(f"global_step is {step!r}, not a step count")
+    ema = raw.get("ema")
+    if ema is not None and not (isinstance(ema, dict) and isinstance(ema.get("weights"), dict)
+                                and all(isinstance(k, str) for k in ema["weights"])):
+        raise refuse("ema is not {decay, updates, weights: {name: tensor}}")
+    terms = raw.get("loss_terms")
+    if terms is not None and not (isinstance(terms, dict) and all(isinstance(v, dict) for v in terms.values())):
+        raise refuse("loss_terms is not {name: record}")
+    config = raw.get("tokenizer_config")
+    if config is not None and not isinstance(config, dict):
+        raise refuse(f"tokenizer_config is a {type(config).__name__}, not a dict")
 
 
 def tokenizer_from_checkpoint(checkpoint: TrainingCheckpoint, weights: str = "ema") -> tuple[Tokenizer, str]:

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from vtok.checkpoint import TrainingCheckpoint
-from vtok.tokenizers.serialization import UnsafeConfigError, check_plain
+from vtok.tokenizers.safetensors_header import read_header
+from vtok.tokenizers.serialization import UnsafeConfigError, check_plain, check_regular_file, read_config
 
 from .bridge import ImageToText
 
@@ -61,16 +62,21 @@ def load_bridge(folder: str | Path) -> tuple[ImageToText, dict[str, Any]]:
     Raises:
         FileNotFoundError: no bridge there.
         UnsafeConfigError: ``bridge.json`` is not a vtok bridge or holds more than plain data.
+        InvalidPretrainedError: a file that is not a regular file, a config past vtok's bounds, a malformed
+            weights header.
     """
     from safetensors.torch import load_file
 
     folder = Path(folder)
     folder = folder / BRIDGE_DIR if (folder / BRIDGE_DIR).is_dir() else folder
-    if not (folder / CONFIG_NAME).is_file():
+    if not (folder / CONFIG_NAME).exists():
         raise FileNotFoundError(f"{folder} holds no {CONFIG_NAME}: export an ETT run with vtok-export")
-    record = json.loads((folder / CONFIG_NAME).read_text())
-    if record.get("format") != FORMAT:
+    check_regular_file(folder / CONFIG_NAME)
+    record = read_config(folder / CONFIG_NAME)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise UnsafeConfigError(f"{folder / CONFIG_NAME} is not a vtok LLM bridge")
     check_plain(record, "bridge", FILE_KEYS)
     record = {k: v for k, v in record.items() if k not in ("format", "format_version")}
+    check_regular_file(folder / WEIGHTS_NAME)
+    read_header(folder / WEIGHTS_NAME)  # offsets, dtypes and size checked before anything is read
     return build_bridge(record, load_file(str(folder / WEIGHTS_NAME))), record

@@ -227,7 +227,8 @@ def _window_floor(best: Tensor, block: Tensor, code_norm: Tensor, max_bias: Tens
     cover (the term stays under 1% of the input-rounding one up to 256 dims, 6% at 2,048). On CUDA the product is
     held to fp32 accumulation (``_fp32_accumulation``). ``|S - T| <= u |T| <= u' |S|`` with ``u' = u / (1 - u)``.
     So ``E <= U(S) = S + u' |S| + e`` and ``E >= S - u' |S| - e``: a code can beat the best-scored one only if
-    ``U(S) >= best - u' |best| - e``, and since ``U`` increases, that is ``S`` at or above the returned floor. The factor 1.01 on ``e`` covers the fp32 rounding of these bounds themselves.
+    ``U(S) >= best - u' |best| - e``, and since ``U`` increases, that is ``S`` at or above the returned floor.
+    The factor 1.01 on ``e`` covers the fp32 rounding of these bounds themselves.
     """
     u = BF16_UNIT_ROUNDOFF
     u_out = u / (1 - u)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,12 @@ def read_header(path: str | Path) -> dict[str, dict[str, Any]]:
     """The tensor entries of a safetensors file, checked for internal consistency.
 
     Raises:
-        InvalidWeightsError: naming the file and what is wrong.
+        InvalidWeightsError: naming the file and what is wrong (also for bytes after the last tensor, which the
+            format does not allow, and for anything but a regular file).
     """
     path = Path(path)
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise InvalidWeightsError(f"{path} is not a regular file")
     size = path.stat().st_size
     with open(path, "rb") as f:
         prefix = f.read(8)
@@ -58,7 +62,7 @@ def read_header(path: str | Path) -> dict[str, dict[str, Any]]:
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise InvalidWeightsError(f"{path}: entry {name!r} is not {{dtype, shape, data_offsets}}")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise InvalidWeightsError(f"{path}: {name!r} has dtype {dtype!r}; vtok reads {sorted(DTYPES)}")
         if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                                                  for n in shape)):
@@ -76,6 +80,10 @@ def read_header(path: str | Path) -> dict[str, dict[str, Any]]:
     for (_, end, a), (start, _, b) in itertools.pairwise(spans):
         if start < end:
             raise InvalidWeightsError(f"{path}: tensors {a!r} and {b!r} overlap")
+    indexed = max((end for _, end, _ in spans), default=0)
+    if indexed != data_size:  # the format indexes every data byte; a tail would also inflate the size allowance
+        raise InvalidWeightsError(f"{path}: {data_size - indexed:,} bytes after the last tensor (a damaged or "
+                                  "padded file)")
     return header
 
 

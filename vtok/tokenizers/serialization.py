@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +82,7 @@ def check_config(config: dict[str, Any]) -> None:
     if config.get("format") != FORMAT:
         raise UnsafeConfigError(f"config.json is not a vtok tokenizer (format={config.get('format')!r}, "
                                 f"expected {FORMAT!r})")
-    if config.get("family") not in FAMILIES:
+    if not isinstance(config.get("family"), str) or config["family"] not in FAMILIES:
         raise UnsafeConfigError(f"unknown tokenizer family {config.get('family')!r}; vtok loads only "
                                 f"{sorted(FAMILIES)}")
     check_plain(config, "config")
@@ -110,6 +112,14 @@ def check_bounds(value: Any, where: str, depth: int = 0, key: str = "") -> None:
             raise InvalidPretrainedError(f"{where} = {value}: vtok builds sizes up to {limit:,}")
     elif isinstance(value, float) and not math.isfinite(value):
         raise InvalidPretrainedError(f"{where} = {value}: not a finite number")
+
+
+def check_regular_file(path: Path) -> None:
+    """Raise :class:`InvalidPretrainedError` unless ``path`` is (or links to) a regular file: a link to a device,
+    a pipe or a folder would be read without end or not at all."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        target = f" (a link to {os.path.realpath(path)})" if path.is_symlink() else ""
+        raise InvalidPretrainedError(f"{path} is not a regular file{target}")
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -202,9 +212,12 @@ def load_pretrained(path_or_repo: str | Path, device: str = "cpu", revision: str
     if not folder.is_dir():
         folder = _download(str(path_or_repo), revision)
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not config_file.is_file():
+    if not config_file.exists():
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; export a tokenizer with `vtok-export`")
-    if not weights_file.is_file():
+    check_regular_file(config_file)
+    if weights_file.exists():
+        check_regular_file(weights_file)
+    else:
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
         hint = (f" It holds only pickled weights ({', '.join(pickles)}), which vtok never loads from a downloaded "
                 "folder because unpickling runs code; convert them with `vtok-export` where you trust the file."
