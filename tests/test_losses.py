@@ -26,12 +26,22 @@ def test_lpips_without_network_fails_with_the_key(tmp_path, monkeypatch):
     assert "URLError" in message
 
 
-def test_lpips_loads_a_local_backbone_file(tmp_path):
+def test_lpips_loads_a_local_backbone_file_whose_hash_matches(tmp_path, monkeypatch):
+    """A random VGG saved here stands in for the published file: refused under the real hash, loaded when the
+    hash its name promises is this file's."""
+    import dataclasses
+
     import torchvision
+
+    from vtok import weights
 
     path = tmp_path / "vgg16-397923af.pth"
     vgg = torchvision.models.vgg16()
     torch.save(vgg.state_dict(), path)
+    with pytest.raises(weights.WrongWeightsError, match=r"does not start with 397923af.*loss\.perceptual"):
+        LPIPS(net="vgg", backbone_path=str(path))
+    stand_in = dataclasses.replace(weights.FILES["lpips_vgg"], sha256_prefix=weights.sha256(path)[:8])
+    monkeypatch.setitem(weights.FILES, "lpips_vgg", stand_in)
     lpips = LPIPS(net="vgg", backbone_path=str(path))
     assert torch.equal(lpips.model.net.slice1[0].weight, vgg.features[0].weight)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -72,3 +82,14 @@ def test_patch_discriminator_shape():
 def test_an_unknown_gan_loss_is_refused_when_the_loss_is_built_not_when_the_gan_starts():
     with pytest.raises(ValueError, match=r"loss.gan_loss='hinj': use one of \['hinge', 'non_saturating'\]"):
         TokenizerLoss(disc_weight=0.1, disc_start=100_000, gan_loss="hinj")
+
+
+def test_a_wrong_file_in_the_hub_cache_is_refused_by_its_hash(tmp_path, monkeypatch):
+    from vtok.weights import WrongWeightsError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"half a download")
+    with pytest.raises(WrongWeightsError, match=f"{cached}.*does not start with 397923af"):
+        LPIPS(net="vgg")

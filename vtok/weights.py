@@ -2,7 +2,7 @@
 come from and how to get them.
 
 Every pretrained part resolves its file the same way: a path from the config, else the torch hub cache, else a
-download. When none works (air-gapped clusters, CI) it stops with :class:`MissingWeightsError` naming the file
+download; the file's SHA-256 is checked against the prefix its name carries wherever it came from. When none works (air-gapped clusters, CI) it stops with :class:`MissingWeightsError` naming the file
 and the config key, never falling back to random weights.
 
 ``python -m vtok.weights out=DIR [experiment=... other overrides]`` downloads every file the composed config
@@ -61,26 +61,33 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_weights(filename: str, url: str, path: str | None, config_key: str, what: str) -> Path:
-    """Find a pretrained weights file: ``path`` if given, else the torch hub cache, else download it.
+class WrongWeightsError(ValueError):
+    """A pretrained weights file whose SHA-256 does not match the one its name promises (a partial download, a
+    different file under the expected name)."""
+
+
+def resolve_weights(filename: str, url: str, path: str | None, config_key: str, what: str,
+                    sha256_prefix: str | None = None) -> Path:
+    """Find a pretrained weights file: ``path`` if given, else the torch hub cache, else download it; then check
+    its SHA-256 against ``sha256_prefix`` wherever it came from.
 
     Raises:
         MissingWeightsError: naming ``filename`` and ``config_key`` when the file cannot be had.
+        WrongWeightsError: the file's hash does not start with ``sha256_prefix`` (naming the file and the key).
     """
     if path:
-        if Path(path).is_file():
-            return Path(path)
-        raise MissingWeightsError(
-            f"{what}: weights file {path} does not exist. Point {config_key}=/path/to/{filename} at a copy of "
-            f"{url}."
-        )
+        if not Path(path).is_file():
+            raise MissingWeightsError(
+                f"{what}: weights file {path} does not exist. Point {config_key}=/path/to/{filename} at a copy "
+                f"of {url}."
+            )
+        return _checked(Path(path), sha256_prefix, config_key, url)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if cached.is_file():
-        return cached
+        return _checked(cached, sha256_prefix, config_key, url)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(cached), progress=False)
-        return cached
     except Exception as error:  # offline: URLError, socket errors, ...
         if cached.exists() and cached.stat().st_size == 0:
             cached.unlink()
@@ -89,12 +96,30 @@ def resolve_weights(filename: str, url: str, path: str | None, config_key: str, 
             f"Fetch {url} on a machine with network, then set {config_key}=/path/to/{filename} "
             f"or copy it to {cached}. `python -m vtok.weights out=DIR ...` downloads every file a config needs."
         ) from error
+    return _checked(cached, sha256_prefix, config_key, url)
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> digest: each file hashed once a process
+
+
+def _checked(path: Path, sha256_prefix: str | None, config_key: str, url: str) -> Path:
+    if sha256_prefix is None:
+        return path
+    status = path.stat()
+    key = (str(path.resolve()), status.st_size, status.st_mtime_ns)
+    digest = _VERIFIED.get(key) or sha256(path)
+    if not digest.startswith(sha256_prefix):
+        raise WrongWeightsError(
+            f"{path}: sha256 {digest[:12]}... does not start with {sha256_prefix}, the hash its name promises (a "
+            f"partial download or another file). Replace it with {url}, or point {config_key} at a good copy.")
+    _VERIFIED[key] = digest
+    return path
 
 
 def resolve(name: str, path: str | None, config_key: str) -> Path:
-    """:func:`resolve_weights` for a file of :data:`FILES`."""
+    """:func:`resolve_weights` for a file of :data:`FILES`, its hash checked."""
     file = FILES[name]
-    return resolve_weights(file.filename, file.url, path, config_key, file.what)
+    return resolve_weights(file.filename, file.url, path, config_key, file.what, file.sha256_prefix)
 
 
 def files_needed(cfg: Any) -> list[tuple[str, str]]:
@@ -145,10 +170,7 @@ def download(name: str, out_dir: Path) -> Path:
     if not target.is_file():
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(file.url, str(target), progress=True)
-    digest = sha256(target)
-    if not digest.startswith(file.sha256_prefix):
-        raise ValueError(f"{target}: sha256 {digest[:8]}... does not match the expected {file.sha256_prefix}")
-    return target
+    return _checked(target, file.sha256_prefix, "(the downloaded file)", file.url)
 
 
 @dataclass
