@@ -2,8 +2,9 @@
 come from and how to get them.
 
 Every pretrained part resolves its file the same way: a path from the config, else the torch hub cache, else a
-download; the file's SHA-256 is checked against the prefix its name carries wherever it came from. When none works (air-gapped clusters, CI) it stops with :class:`MissingWeightsError` naming the file
-and the config key, never falling back to random weights.
+download; the file's SHA-256 is checked against the prefix its name carries wherever it came from. When none works
+(air-gapped clusters, CI) it stops with :class:`MissingWeightsError` naming the file and the config key, never
+falling back to random weights.
 
 ``python -m vtok.weights out=DIR [experiment=... other overrides]`` downloads every file the composed config
 needs into ``DIR`` (on a machine with network), checks each checksum, fetches every ``transformers`` model it
