@@ -157,14 +157,18 @@ def test_sweep_jobs_get_their_own_run_directories(tmp_path):
         assert f"module.lr={lr}" in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
 
-def _stalled_run(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
-    """A 2-rank run whose rank 1 stops answering after step 2: rank 0 then waits inside a collective."""
+def _stalled_run(tmp_path: Path, *extra: str, pythonpath: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    """A 2-rank run whose rank 1 stops answering after step 2: rank 0 then waits inside a collective.
+    ``pythonpath``: a folder put first on every rank's path (a ``sitecustomize`` there runs at start-up)."""
     marker = tmp_path / "stalled"
     command = [sys.executable, "train.py", f"paths.root_dir={tmp_path}", "experiment=vqgan_f16", "scale=toy",
                "data=synthetic", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                "trainer.max_steps=50", "+callbacks.stall._target_=helpers.StallRank", "+callbacks.stall.rank=1",
                "+callbacks.stall.step=2", f"+callbacks.stall.marker={marker}", *extra]
-    process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    env = _env()
+    if pythonpath is not None:
+        env["PYTHONPATH"] = f"{pythonpath}{os.pathsep}{env['PYTHONPATH']}"
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     deadline = time.monotonic() + TIMEOUT
     while not marker.exists():
@@ -199,14 +203,23 @@ def test_sigterm_ends_every_rank_even_one_blocked_in_a_collective(tmp_path):
     assert time.monotonic() - start < 60
 
 
-def test_a_collective_that_waits_too_long_ends_the_run(tmp_path):
-    process, _ = _stalled_run(tmp_path, "trainer.strategy.timeout.minutes=0", "+trainer.strategy.timeout.seconds=15")
+def test_a_collective_that_waits_too_long_ends_the_run_however_late_a_rank_started(tmp_path):
+    """A 10 s collective timeout, and rank 1 starts 15 s after rank 0: the rendezvous waits for it on its own
+    limit (``trainer.strategy.rendezvous_timeout``), training reaches the stall, and the stalled collective then
+    ends the run with a timeout."""
+    late = tmp_path / "late_start"
+    late.mkdir()
+    (late / "sitecustomize.py").write_text(  # Lightning starts rank 1 with LOCAL_RANK=1; rank 0 has none
+        "import os, time\nif os.environ.get('LOCAL_RANK') == '1':\n    time.sleep(15)\n")
+    process, _ = _stalled_run(tmp_path, "trainer.strategy.timeout.minutes=0", "+trainer.strategy.timeout.seconds=10",
+                              pythonpath=late)
     try:
         _, stderr = process.communicate(timeout=120)
     finally:
         if _group_alive(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode != 0
+    assert "clients joined" not in stderr and "rendezvous" not in stderr.lower(), stderr[-3000:]
     assert "timed out" in stderr.lower() or "timeout" in stderr.lower(), stderr[-3000:]
 
 

@@ -4,8 +4,9 @@ Quantizers keep their codebooks identical across ranks with :func:`all_reduce_su
 :func:`mean_over_ranks`; data streams split work with :func:`rank_and_world_size` and :func:`worker_and_count`;
 evaluation gathers per-image values with :func:`gather_list`; contrastive losses gather negatives with
 :func:`gather_with_grad`; ``trainer=fsdp`` shards blocks with :func:`fully_shard` and handles the shards with
-:func:`is_sharded`, :func:`whole` and :func:`shard_like`; ``python -m vtok.eval`` under ``torchrun`` starts its
-group with :func:`process_group`. No other module of vtok calls ``torch.distributed`` (``tests/test_layers.py``).
+:func:`is_sharded`, :func:`whole` and :func:`shard_like`; training starts its group with
+:func:`join_process_group` (a rendezvous limit apart from the collectives' one), ``python -m vtok.eval`` under
+``torchrun`` with :func:`process_group`. No other module of vtok calls ``torch.distributed`` (``tests/test_layers.py``).
 
 Ranks may see different numbers of validation batches (a shard split by rank, a set not divisible by the world
 size), so per-batch work runs under :func:`local_only`: the quantizers' synchronising helpers become no-ops there,
@@ -15,8 +16,10 @@ and the ranks meet once, in a gather every rank calls exactly once, whatever its
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -124,14 +127,36 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
     return torch.cat(all_gather(tensor.contiguous()))
 
 
+def join_process_group(backend: str, rank: int, world: int, address: str, port: int, timeout: timedelta,
+                       rendezvous_timeout: timedelta, device: torch.device | None = None) -> None:
+    """Start the default process group in two steps, so slow starts and stalled collectives have separate limits.
+
+    ``init_process_group`` alone bounds both the wait for every rank to arrive (nodes and ranks may start minutes
+    apart: scheduling, imports, a cold filesystem) and every later collective with one ``timeout``. Here the ranks
+    first meet at a TCP store that waits ``rendezvous_timeout`` for all ``world`` of them; only then is the group
+    made, with ``timeout`` for its collectives. ``device``: the rank's GPU for NCCL (``None`` on CPUs).
+    """
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = address, str(port)
+    store = dist.TCPStore(address, port, world, is_master=rank == 0, timeout=rendezvous_timeout,
+                          wait_for_workers=True)
+    store.add("vtok/arrived", 1)
+    deadline = time.monotonic() + rendezvous_timeout.total_seconds()
+    while (arrived := int(store.add("vtok/arrived", 0))) < world:  # every rank waits for all, however late
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{arrived} of {world} ranks arrived within the rendezvous timeout of "
+                               f"{rendezvous_timeout.total_seconds():.0f} s")
+        time.sleep(0.05)
+    store.set_timeout(timeout)
+    kwargs = {"device_id": device} if device is not None and device.type == "cuda" else {}
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout, **kwargs)
+
+
 @contextmanager
 def process_group(backend: str, timeout_s: float) -> Iterator[bool]:
     """Start the process group a launcher (``torchrun``) describes, for the block, when there is more than one rank
     and none is running yet; yields whether it started one (and then ends it)."""
     start = int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized()
     if start:
-        from datetime import timedelta
-
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     try:
         yield start

@@ -32,24 +32,33 @@ from vtok.modules.conv import AttnBlock, ResBlock
 from vtok.modules.transformer import Block
 from vtok.tokenizers.titok import MaskgitResBlock, TitokBlock
 
+from .strategies import DEFAULT_RENDEZVOUS, RendezvousFirst
+
 log = logging.getLogger(__name__)
 
 # The tokenizer's repeated units: each becomes one FSDP unit (its parameters gathered together).
 SHARDED_BLOCKS: tuple[type[nn.Module], ...] = (Block, ResBlock, AttnBlock, TitokBlock, MaskgitResBlock)
 
 
-class ShardedDataParallel(ModelParallelStrategy):
+class ShardedDataParallel(RendezvousFirst, ModelParallelStrategy):
     """Data parallel over all ranks with FSDP2 sharding (no tensor parallelism); see the module docstring.
 
     Args:
         process_group_backend: ``nccl`` / ``gloo``; ``None`` picks by device.
         timeout: a collective that waits longer ends the run with an error instead of hanging.
+        rendezvous_timeout: how long ranks wait for each other to start.
     """
 
-    def __init__(self, process_group_backend: str | None = None, timeout: timedelta | None = None) -> None:
+    def __init__(self, process_group_backend: str | None = None, timeout: timedelta | None = None,
+                 rendezvous_timeout: timedelta | None = None) -> None:
         kwargs = {"timeout": timeout} if timeout is not None else {}
         super().__init__(data_parallel_size="auto", tensor_parallel_size="auto", save_distributed_checkpoint=False,
                          process_group_backend=process_group_backend, **kwargs)
+        self.rendezvous_timeout = rendezvous_timeout or DEFAULT_RENDEZVOUS
+
+    def _setup_distributed(self) -> None:
+        self.join()
+        super()._setup_distributed()
 
     def setup_environment(self) -> None:
         # one data-parallel dimension over every process of every node
