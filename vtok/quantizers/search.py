@@ -33,16 +33,28 @@ BF16_CPU_MIN_DIM = 128  # narrower lookups search faster in fp32 on CPUs (see ``
 def bf16_search_is_fast(device: torch.device, lookup_dim: int) -> bool:
     """Whether the bf16 search beats fp32 on ``device`` for ``lookup_dim``-wide codes.
 
-    True on CUDA (bf16 tensor cores). On CPUs with AMX tiles, for lookups of at least ``BF16_CPU_MIN_DIM``
-    dims: a bf16 product runs ~4x the fp32 rate there, and the whole search 1.2-1.9x at 128-256 dims, but
-    narrow lookups are bound by writing and scanning scores, and bf16 is 2.3x slower at 8-32 dims
-    (``bench/RESULTS.md``). False on other CPUs, whose bf16 products are no faster than fp32.
+    On CPUs with AMX tiles, for lookups of at least ``BF16_CPU_MIN_DIM`` dims: a bf16 product runs ~4x the fp32
+    rate there, and the whole search 1.2-1.9x at 128-256 dims, but narrow lookups are bound by writing and scanning
+    scores, and bf16 is 2.3x slower at 8-32 dims (``bench/RESULTS.md``). False on other CPUs, whose bf16 products
+    are no faster than fp32. False on CUDA: on an H200 (100k rows) the fp32 search took 5.4 ms against bf16's
+    27 ms at 16k x 8, 22.5 against 25-32 ms at 256 dims, 27 against 68-88 ms at 64k x 32; bf16 won only at
+    1,024 dims (12-21 against 17.7 ms), where the re-rank's host syncs stop dominating the product.
     """
-    if device.type == "cuda":
-        return True
     # torch exposes the AMX check only privately; without it, assume none
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     return device.type == "cpu" and lookup_dim >= BF16_CPU_MIN_DIM and amx
+
+
+def default_chunk(device: torch.device, lookup_dim: int, num_codes: int) -> int:
+    """Rows per product. On CPUs by the lookup width: 2^20 scores up to 32 dims (bound by writing the scores),
+    2^24 above (bound by the product, which wants tall blocks), at most 8,192 rows. On GPUs 2^28 scores (1 GiB in
+    fp32) and up to 65,536 rows: each block costs a kernel launch and, for bf16, a host sync, so small blocks
+    would leave the GPU idle (on an H200, 64-row blocks made a 100k x 16k search 100x slower than one product).
+    """
+    if device.type == "cuda":
+        return max(1024, min(65536, 2**28 // max(num_codes, 1)))
+    budget = 2**20 if lookup_dim <= NARROW_LOOKUP else 2**24
+    return max(64, min(8192, budget // max(num_codes, 1)))
 
 
 @torch.no_grad()
@@ -55,8 +67,7 @@ def nearest_code(z: Tensor, codebook: Tensor, cosine: bool, chunk: int | None = 
         codebook: ``(K, d)`` fp32 codes.
         cosine: rows and codes are unit vectors, so the nearest code is the largest dot product.
         chunk: rows per matrix product, bounding the temporary ``chunk x K`` score block; ``None`` sizes it
-            by the lookup width: 2^20 scores up to 32 dims (bound by writing the scores), 2^24 above
-            (bound by the product, which wants tall blocks).
+            with :func:`default_chunk`.
         precision: ``"fp32"`` or ``"bf16"`` (certified: same answer, see the module docstring).
 
     Returns:
@@ -67,8 +78,7 @@ def nearest_code(z: Tensor, codebook: Tensor, cosine: bool, chunk: int | None = 
     z, codebook = z.float(), codebook.float()
     num_codes = codebook.shape[0]
     if chunk is None:
-        budget = 2**20 if codebook.shape[1] <= NARROW_LOOKUP else 2**24
-        chunk = max(64, min(8192, budget // max(num_codes, 1)))
+        chunk = default_chunk(z.device, codebook.shape[1], num_codes)
     half_sq_norms = None if cosine else 0.5 * codebook.pow(2).sum(1)
     out = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
     if precision == "bf16":

@@ -57,9 +57,9 @@ class VectorQuantizer(Quantizer):
             own (detached), so the temperature means the same at any feature scale. Costs an ``N x K`` matrix.
         entropy_temperature: see ``entropy_weight``.
         search: nearest-code search precision: ``"fp32"``, ``"bf16"`` (a bf16 product with a certified fp32
-            re-rank: the same codes, for bf16 tensor cores and AMX tiles) or ``"auto"`` (bf16 on CUDA and, for
-            lookups of 128 dims or more, on CPUs with AMX, when the codebook is large enough for the product to
-            dominate; fp32 otherwise).
+            re-rank: the same codes, for bf16 tensor cores and AMX tiles) or ``"auto"`` (bf16 for lookups of 128
+            dims or more on CPUs with AMX, when the codebook is large enough for the product to dominate; fp32
+            otherwise, CUDA included: see ``bf16_search_is_fast``).
     """
 
     def __init__(
