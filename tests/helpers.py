@@ -89,3 +89,44 @@ class MarkStep(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             self.marker.write_text(str(self.step))
+
+
+def local_bytes(tensor) -> int:
+    """Bytes this rank holds for ``tensor``: its local shard for an FSDP2 ``DTensor``, else the whole tensor."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()
+
+
+class RecordMemory(L.Callback):
+    """Writes, per rank, after ``step`` steps, the bytes it holds for parameters, gradients, AdamW state and the
+    EMA, split into the sharded tokenizer blocks and everything else (which stays whole on every rank)."""
+
+    def __init__(self, out_dir: str, step: int = 2) -> None:
+        self.out_dir, self.step = Path(out_dir), step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.step:
+            return
+        from vtok.training.sharding import tokenizer_blocks
+
+        in_blocks = {id(p) for block in tokenizer_blocks(module.tokenizer) for p in block.parameters()}
+        optimizer = trainer.optimizers[0]
+        record = {part: {"blocks": 0, "rest": 0} for part in ("parameters", "gradients", "optimizer", "ema")}
+        whole = []
+        for name, p in module.named_parameters():
+            where = "blocks" if id(p) in in_blocks else "rest"
+            record["parameters"][where] += local_bytes(p)
+            if p.grad is not None:
+                record["gradients"][where] += local_bytes(p.grad)
+            record["optimizer"][where] += sum(local_bytes(v) for v in optimizer.state.get(p, {}).values()
+                                              if hasattr(v, "numel") and v.numel() > 1)
+            if where == "rest" and p.requires_grad:
+                whole.append(name)
+        if module.ema is not None:  # the EMA copy has the tokenizer's names; its blocks are the same ones
+            blocks = tokenizer_blocks(module.tokenizer)
+            prefixes = tuple(f"{name}." for name, m in module.tokenizer.named_modules() if any(m is b for b in blocks))
+            for name, p in module.ema.model.named_parameters():
+                record["ema"]["blocks" if name.startswith(prefixes) else "rest"] += local_bytes(p)
+        record["whole_trainable"] = sorted({name.rsplit(".", 1)[0] for name in whole})
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
