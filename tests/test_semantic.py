@@ -251,12 +251,17 @@ def _ddp_worker(rank, world, init_file, out_dir):
     for step in range(5):
         quantizer(torch.randn(64, 8, generator=data) + 2 * rank)
         torch.manual_seed(1000 * rank + step)  # rank-dependent RNG: restarts must still agree
-    features, text = torch.randn(4, 2, 2, 8, generator=data), torch.randn(4, 5, generator=data)
+    features = torch.randn(4, 2, 2, 8, generator=data).requires_grad_()
+    text = torch.randn(4, 5, generator=data).requires_grad_()
     output = type("Output", (), {"features": {"quantized": features}})()
     value = term(TermInputs(torch.zeros(4, 3, 4, 4), output, text))[0]
+    value.backward()  # each rank its own loss, as DDP does; the gather's backward sums what reaches each rank
     torch.save({"semantic": quantizer.semantic_codebook.detach().clone(),
                 "pixel": quantizer.pixel_codebook.detach().clone(), "use": quantizer.relative_use.clone(),
-                "loss": value.detach(), "features": features, "text": text}, f"{out_dir}/rank{rank}.pt")
+                "loss": value.detach(), "features": features.detach(), "text": text.detach(),
+                "features_grad": features.grad, "text_grad": text.grad,
+                "head_grads": {n: p.grad.clone() for n, p in term.named_parameters() if p.grad is not None}},
+               f"{out_dir}/rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
     os._exit(0)
@@ -272,9 +277,22 @@ def test_dual_codebooks_and_contrastive_negatives_agree_across_ddp_ranks(tmp_pat
     DualCodebookQuantizer(dim=8, semantic_dim=4, codebook_size=32)  # the same RNG draws as the workers
     term = ImageTextContrastive(feature="quantized", embed_dim=8)
     term.bind({"quantized": 8}, text_dim=5)
-    output = type("Output", (), {"features": {"quantized": torch.cat([r0["features"], r1["features"]])}})()
-    whole = term(TermInputs(torch.zeros(8, 3, 4, 4), output, torch.cat([r0["text"], r1["text"]])))[0]
+    features = torch.cat([r0["features"], r1["features"]]).requires_grad_()
+    text = torch.cat([r0["text"], r1["text"]]).requires_grad_()
+    output = type("Output", (), {"features": {"quantized": features}})()
+    whole = term(TermInputs(torch.zeros(8, 3, 4, 4), output, text))[0]
     assert torch.allclose((r0["loss"] + r1["loss"]) / 2, whole, atol=1e-6)
+    # and the gradients: DDP's objective is the mean of the ranks' losses, so each rank's feature gradients (its
+    # own loss's, plus what the other rank's loss sends back through the gather) are twice the whole batch's, and
+    # the heads' gradients averaged over ranks (DDP's all-reduce) are the whole batch's
+    whole.backward()
+    assert torch.allclose(torch.cat([r0["features_grad"], r1["features_grad"]]) / 2, features.grad, atol=1e-6)
+    assert torch.allclose(torch.cat([r0["text_grad"], r1["text_grad"]]) / 2, text.grad, atol=1e-6)
+    heads = dict(term.named_parameters())
+    assert r0["head_grads"].keys() == r1["head_grads"].keys() and r0["head_grads"]
+    for name, grad in r0["head_grads"].items():
+        assert torch.allclose((grad + r1["head_grads"][name]) / 2, heads[name].grad, atol=1e-6), name
+
 
 
 def test_text_encoder_cache_gives_the_same_embeddings():
