@@ -216,13 +216,18 @@ class _Snapshots(L.Callback):
         self.states[trainer.global_step] = state
 
 
-def _fit(bad: set[int], steps: int, max_bad_steps: int = 3) -> tuple[TokenizerModule, _Snapshots]:
+def _fit(bad: set[int], steps: int, max_bad_steps: int = 3, checkpoints: Path | None = None
+         ) -> tuple[TokenizerModule, _Snapshots]:
     torch.manual_seed(0)
     module = TokenizerModule(Tokenizer(**tiny_tokenizer_config(restart_threshold=0.5)), TokenizerLoss(),
                              lr=1e-3, warmup_steps=1, ema_decay=0.9, max_bad_steps=max_bad_steps)
     snapshots = _Snapshots()
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[snapshots])
+    callbacks: list = [snapshots]
+    if checkpoints is not None:  # a checkpoint after every step, all kept
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, filename="{step}",
+                                                             every_n_train_steps=1, save_top_k=-1))
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=checkpoints is not None,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
     trainer.fit(module, DataLoader(_PoisonedImages(bad), batch_size=4))
     return module, snapshots
 
@@ -239,6 +244,40 @@ def test_a_nan_step_is_skipped_and_never_reaches_weights_ema_or_codebook():
                            snapshots.states[5]["tokenizer.quantizer.codebook"]) or \
         not torch.equal(snapshots.states[6]["tokenizer.encoder.conv_in.weight"],
                         snapshots.states[5]["tokenizer.encoder.conv_in.weight"])  # training went on
+
+
+def test_a_nan_step_never_reaches_a_checkpoint_file(tmp_path):
+    """Checkpoints written after every step, two of them right after NaN batches: read back from disk, every
+    tensor in each (weights, EMA, optimiser state) is finite, and the files after the bad steps hold exactly the
+    weights of the file before them."""
+    from vtok.checkpoint import read_checkpoint
+
+    _fit(bad={3, 4}, steps=7, checkpoints=tmp_path)
+    files = {read_checkpoint(path).step: read_checkpoint(path) for path in tmp_path.glob("*.ckpt")}
+    assert sorted(files) == list(range(1, 8))
+
+    def tensors(value):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from tensors(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from tensors(item)
+
+    for step, checkpoint in files.items():
+        found = list(tensors({"state": checkpoint.state_dict, "ema": checkpoint.ema,
+                              "optimizer": checkpoint.raw["optimizer_states"]}))
+        assert len(found) > 20
+        assert all(torch.isfinite(t).all() for t in found if t.is_floating_point()), step
+    for step in (4, 5):  # written after the NaN batches 3 and 4: the state after step 3, bit for bit
+        for name, value in files[3].state_dict.items():
+            assert torch.equal(files[step].state_dict[name], value), (step, name)
+        for name, value in files[3].ema["weights"].items():
+            assert torch.equal(files[step].ema["weights"][name], value), (step, name)
+    assert not torch.equal(files[7].state_dict["tokenizer.encoder.layers.1.weight"],
+                           files[5].state_dict["tokenizer.encoder.layers.1.weight"])  # training went on
 
 
 def test_too_many_bad_steps_in_a_row_stop_the_run_naming_the_step():
