@@ -279,6 +279,31 @@ def test_rotation_trick_changes_the_encoder_gradient_but_not_the_value():
     assert not torch.allclose(outs["ste"][1], outs["rotation"][1])
 
 
+def test_rotation_trick_gradient_is_the_closed_form():
+    """The rotation trick (Fifty et al., 2024): q = lambda R z with R the rotation taking z's direction to q's and
+    lambda = |q| / |z|, both held constant, so the encoder gets ``lambda R^T dL/dq``. R is built here as the
+    explicit matrix ``I - 2 r r^T + 2 q^ z^T`` (``r`` the unit bisector of ``z^`` and ``q^``) in float64."""
+    torch.manual_seed(0)
+    dim = 6
+    q = build_quantizer({"kind": "vq", "dim": dim, "codebook_size": 16, "codebook_dim": None,
+                         "gradient": "rotation", "l2_normalize": False, "data_init": False})
+    z = torch.randn(32, dim, requires_grad=True)
+    upstream = torch.randn(32, dim)
+    out = q(z)
+    (out.quantized * upstream).sum().backward()
+    codes = q.codebook.detach()[out.indices].double()
+    expected = []
+    for row, code, g in zip(z.detach().double(), codes, upstream.double(), strict=True):
+        z_hat, q_hat = row / row.norm(), code / code.norm()
+        r = (z_hat + q_hat) / (z_hat + q_hat).norm()
+        rotation = torch.eye(dim, dtype=torch.float64) - 2 * torch.outer(r, r) + 2 * torch.outer(q_hat, z_hat)
+        assert torch.allclose(rotation @ z_hat, q_hat, atol=1e-10)  # it is the rotation it should be
+        assert torch.allclose(rotation.T @ rotation, torch.eye(dim, dtype=torch.float64), atol=1e-10)
+        expected.append(code.norm() / row.norm() * rotation.T @ g)
+    assert torch.allclose(z.grad.double(), torch.stack(expected), atol=1e-5)
+    assert not torch.allclose(z.grad, upstream, atol=1e-3)  # not straight-through
+
+
 def test_ema_codebook_moves_to_the_data_without_gradients():
     torch.manual_seed(0)
     q = build_quantizer({"kind": "vq", "dim": 4, "codebook_size": 8, "ema_decay": 0.5, "l2_normalize": False,

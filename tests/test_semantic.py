@@ -163,10 +163,21 @@ def test_lecam_penalises_logits_beyond_the_running_means():
     assert float(lecam(torch.full((4,), -2.0), torch.full((4,), 2.0))) == 0.0  # inside the means: no penalty
 
 
-def test_lecam_enters_the_discriminator_loss():
-    loss = TokenizerLoss(disc_weight=0.1, lecam_weight=0.5, discriminator={"channels": 8, "num_layers": 2})
-    value, logs = loss.discriminator_loss(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), step=0)
-    assert "gan/lecam" in logs and torch.isfinite(value)
+def test_lecam_enters_the_discriminator_loss_by_its_formula():
+    """The same discriminator with and without LeCam: the losses differ by exactly ``lecam_weight`` times
+    ``mean(relu(real - ema_fake)^2) + mean(relu(ema_real - fake)^2)``, worked out here from the logits (on the
+    first call the running means are the logits' means)."""
+    images, reconstruction = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    losses = {}
+    for weight in (0.0, 0.5):
+        torch.manual_seed(0)
+        loss = TokenizerLoss(disc_weight=0.1, lecam_weight=weight, discriminator={"channels": 8, "num_layers": 2})
+        losses[weight] = loss.discriminator_loss(images, reconstruction, step=0)
+    real, fake = loss.discriminator(images).detach(), loss.discriminator(reconstruction).detach()
+    by_hand = (torch.relu(real - fake.mean()) ** 2).mean() + (torch.relu(real.mean() - fake) ** 2).mean()
+    assert float(by_hand) > 0.0
+    assert float(losses[0.5][0] - losses[0.0][0]) == pytest.approx(0.5 * float(by_hand), rel=1e-5)
+    assert float(losses[0.5][1]["gan/lecam"]) == pytest.approx(float(by_hand), rel=1e-5)
 
 
 def test_tokenflow_shared_index_is_the_brute_force_argmin_of_the_weighted_distances_ties_included():
