@@ -130,3 +130,36 @@ class RecordMemory(L.Callback):
         record["whole_trainable"] = sorted({name.rsplit(".", 1)[0] for name in whole})
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith(key)).split()[1])
+
+
+def reset_peak_rss() -> int:
+    """Reset this process's peak resident memory (``VmHWM``) to its current one; returns that, in KiB. A
+    process-wide high-water mark would otherwise keep whatever earlier tests or imports reached."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    return _status_kib("VmRSS:")
+
+
+def peak_rss_growth_mib(since_kib: int) -> float:
+    """How far the peak resident memory rose above ``since_kib`` (from :func:`reset_peak_rss`), in MiB."""
+    return (_status_kib("VmHWM:") - since_kib) / 1024
+
+
+def peak_memory_growth_mib(setup: str, work: str, timeout: float = 300) -> float:
+    """How far ``work`` raises a fresh Python process's resident memory, at its peak, above where it stood after
+    ``setup`` (imports, inputs)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    script = (f"{setup}\nfrom tests.helpers import peak_rss_growth_mib, reset_peak_rss\nbefore = reset_peak_rss()\n"
+              f"{work}\nprint('GROWTH_MIB', peak_rss_growth_mib(before))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                            timeout=timeout, env={**__import__("os").environ, "PYTHONPATH": f"{root}:{root / 'tests'}"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return float(result.stdout.rsplit("GROWTH_MIB", 1)[1])
