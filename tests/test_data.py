@@ -250,22 +250,34 @@ def test_synthetic_dataset_and_folder(tmp_path, image_folder):
     folder = ImageFolder(str(image_folder), ImageTransform(size=16, mode="center"), captions=True)
     assert len(folder) == 9
     samples = [folder[i] for i in range(len(folder))]  # bad files are replaced by the next readable one
-    assert sum(folder.counts.values()) >= 2
+    assert dict(folder.counts) == {"empty": 1, "undecodable": 1}  # each bad file counted once, by kind
     assert all(s["image"].shape == (3, 16, 16) for s in samples)
     stream = iter(RandomSampleStream(ds, seed=0))
     assert next(stream)["image"].shape == (3, 16, 16)
 
 
 def test_shards_from_shared_coco_with_captions(shared_data, tmp_path):
+    """COCO's val2017 (79 photos, 5 captions each) written with its caption file: every image comes back once,
+    with its first caption in evaluation and one of its own five in training."""
+    from vtok.data.shards import coco_captions
+
     coco = shared_data / "coco-mini"
-    items, total = folder_items(coco)
-    assert total > 100
-    summary = write_shards(items, tmp_path, maxcount=64, total=total, progress=False)
-    assert summary.written == total and not summary.skipped
+    captions = coco_captions(coco / "annotations" / "captions_val2017.json")
+    items, total = folder_items(coco / "val2017", captions)
+    assert total == 79
+    summary = write_shards(items, tmp_path, maxcount=32, total=total, progress=False)
+    assert summary.written == 79 and not summary.skipped and summary.captions == 79
     ds = ShardDataset(str(tmp_path / "shard-*.tar"), ImageTransform(size=64, mode="center"), resampled=False,
-                      shuffle_buffer=0)
-    first = next(iter(ds))
-    assert first["image"].shape == (3, 64, 64)
+                      shuffle_buffer=0, captions=True)
+    samples = list(ds)
+    assert len(samples) == 79 and all(s["image"].shape == (3, 64, 64) for s in samples)
+    by_file = {name.rsplit(".", 1)[0]: texts for name, texts in captions.items()}
+    assert {s["key"] for s in samples} == set(by_file)
+    assert all(s["caption"] == by_file[s["key"]][0].strip() for s in samples)
+    training = iter(ShardDataset(str(tmp_path / "shard-*.tar"), ImageTransform(size=64), resampled=True,
+                                 shuffle_buffer=0, captions=True, seed=0))
+    drawn = [next(training) for _ in range(40)]
+    assert all(s["caption"] in [t.strip() for t in by_file[s["key"]]] for s in drawn)
 
 
 def test_sample_shards_are_written_once_and_rebuilt_when_the_split_changes(tmp_path, monkeypatch):

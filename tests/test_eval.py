@@ -8,7 +8,7 @@ import torch
 from vtok import Tokenizer
 from vtok.data import SyntheticCaptions
 from vtok.eval import evaluate_to_dir, jpeg_at_bpp, patch_mean_at_bpp, psnr, ssim
-from vtok.eval.baselines import patch_mean_roundtrip, patch_mean_settings
+from vtok.eval.baselines import jpeg_roundtrip, patch_mean_roundtrip, patch_mean_settings
 
 from .conftest import tiny_tokenizer_config
 
@@ -45,7 +45,14 @@ def test_jpeg_baseline_hits_nearest_rate():
     image = torch.from_numpy(rng.random((3, 64, 64))).float() * 2 - 1
     low, high = jpeg_at_bpp([image], 0.5), jpeg_at_bpp([image], 4.0)
     assert high.psnr > low.psnr and high.bits_per_pixel > low.bits_per_pixel
-    assert abs(high.bits_per_pixel - 4.0) < 1.0
+    # every quality's rate, by brute force: the chosen one is the nearest to each target, with its own PSNR
+    rates = {q: jpeg_roundtrip(image, q)[1] for q in range(1, 96)}
+    for result, target in ((low, 0.5), (high, 4.0)):
+        quality = min(rates, key=lambda q: (abs(rates[q] - target), q))
+        assert result.setting == f"quality per image [{quality}]"
+        assert result.bits_per_pixel == rates[quality]
+        decoded, _ = jpeg_roundtrip(image, quality)
+        assert result.psnr == pytest.approx(float(psnr(decoded[None], image[None])), abs=1e-9)
 
 
 def test_report_has_every_key(tmp_path):

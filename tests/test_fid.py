@@ -90,13 +90,24 @@ def test_report_holds_fid_lpips_entropy_and_throughput():
 
     tokenizer = Tokenizer(**tiny_tokenizer_config()).eval()
     batches = [{"image": _images(4, s).repeat_interleave(2, -1).repeat_interleave(2, -2)} for s in range(2)]
-    report, _, _ = evaluate(tokenizer, batches, baselines=False, fid=FIDMeter(feature=PooledFeatures()),
-                            lpips=LPIPS("alex", random_backbone=True))
-    for key in ("rfid", "lpips", "entropy_bits", "perplexity", "codebook_usage", "bits_per_image",
-                "encode_images_per_second", "decode_images_per_second", "tokens_per_image"):
-        assert report[key] is not None, key
-    assert report["num_images"] == 8 and report["bits_per_image"] == 64 * 6
-    assert 0 < report["entropy_bits"] <= 6 and report["perplexity"] == pytest.approx(2 ** report["entropy_bits"])
+    lpips = LPIPS("alex", random_backbone=True)  # random weights: the same network checks the value below
+    report, _, _ = evaluate(tokenizer, batches, baselines=False, fid=FIDMeter(feature=PooledFeatures()), lpips=lpips)
+    # every figure recomputed here from the same images, tokens and networks
+    originals = torch.cat([b["image"] for b in batches])
+    with torch.no_grad():
+        reconstructions = tokenizer.decode(tokenizer.encode(originals)).clamp(-1, 1)
+        indices = tokenizer.encode(originals).indices.flatten()
+    counts = torch.bincount(indices, minlength=64).double()
+    p = counts[counts > 0] / counts.sum()
+    entropy = float(-(p * p.log2()).sum())
+    assert report["num_images"] == 8 and report["tokens_per_image"] == 64 and report["bits_per_image"] == 64 * 6
+    assert report["codebook_usage"] == pytest.approx(float((counts > 0).double().mean()))
+    assert report["entropy_bits"] == pytest.approx(entropy) and report["perplexity"] == pytest.approx(2**entropy)
+    fid = FIDMeter(feature=PooledFeatures())
+    fid.update(originals, reconstructions)
+    assert report["rfid"] == pytest.approx(fid.compute(), rel=1e-4) and report["rfid"] > 0
+    assert report["lpips"] == pytest.approx(float(lpips(reconstructions, originals).mean()), rel=1e-4)
+    assert report["encode_images_per_second"] > 0 and report["decode_images_per_second"] > 0
 
 
 def test_weights_command_lists_what_a_config_needs(tmp_path, capsys, monkeypatch):

@@ -39,7 +39,8 @@ class ImageFolder(Dataset):
         self.seed = seed
         self.epoch = 0
         self.substitute_bad = substitute_bad
-        self.counts: Counter[str] = Counter()  # unusable files and caption problems, by kind
+        self.counts: Counter[str] = Counter()  # unusable files (each once) and caption problems, by kind
+        self.bad: dict[Path, str] = {}  # unusable file -> its kind
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -50,12 +51,16 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         for offset in range(len(self.paths)):
             path = self.paths[(index + offset) % len(self.paths)]
+            if path in self.bad and self.substitute_bad:  # known unusable: counted once, not read again
+                continue
             rng = np.random.default_rng([self.seed, self.epoch, index])
             try:
                 image = self.transform.load(path.read_bytes(), rng)
             except BadImage as error:
-                self.counts[error.kind] += 1
-                log.warning("skipped %s (%s); so far: %s", path, error, dict(self.counts))
+                if path not in self.bad:
+                    self.bad[path] = error.kind
+                    self.counts[error.kind] += 1
+                    log.warning("skipped %s (%s); so far: %s", path, error, dict(self.counts))
                 if not self.substitute_bad:
                     return {"skipped": error.kind, "key": path.stem}
                 continue
