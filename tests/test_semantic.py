@@ -114,43 +114,47 @@ def test_distillation_raises_held_out_cosine_to_the_teacher_while_reconstruction
     assert mse_after < 0.7 * mse_before, (mse_before, mse_after)
 
 
-def test_contrastive_loss_aligns_images_with_their_captions():
+def _contrastive_run(detach_features: bool) -> float:
+    """Held-out image-to-caption R@1 after training a zero-initialised linear map of the images (the stand-in for
+    a tokenizer's features) with the contrastive heads. Each of 8 classes has an image pattern and a caption
+    embedding; every image and caption carries fresh noise, and the held-out pairs are new draws, so retrieval
+    needs the class to reach the features (they start constant: no pairing signal without tokenizer learning)."""
     torch.manual_seed(0)
-    term = ImageTextContrastive(feature="quantized", embed_dim=16, temperature=0.1)
+    patterns, meanings = torch.randn(8, 32), torch.randn(8, 12)
+
+    def pairs(classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(classes)
+        return patterns[classes] + 0.5 * torch.randn(n, 32), meanings[classes] + 0.5 * torch.randn(n, 12)
+
+    features = torch.nn.Linear(32, 8)
+    torch.nn.init.zeros_(features.weight)
+    torch.nn.init.zeros_(features.bias)
+    term = ImageTextContrastive(feature="quantized", embed_dim=16, temperature=0.1,
+                                detach_features=detach_features)
     term.bind({"quantized": 8}, text_dim=12)
-    features, text = torch.randn(16, 4, 4, 8), torch.randn(16, 12)
-    optimizer = torch.optim.Adam(term.parameters(), lr=1e-2)
-    first = None
-    for _ in range(100):
-        output = type("Output", (), {"features": {"quantized": features}})()
-        value, logs = term(TermInputs(torch.zeros(16, 3, 8, 8), output, text))
-        first = first if first is not None else float(value.detach())
+    optimizer = torch.optim.Adam([*term.parameters(), *features.parameters()], lr=1e-2)
+    for _ in range(150):
+        images, text = pairs(torch.randperm(8).repeat(2))
+        output = type("Output", (), {"features": {"quantized": features(images)[:, None, None]}})()
+        value, _ = term(TermInputs(torch.zeros(16, 3, 8, 8), output, text))
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
-    assert float(value.detach()) < first / 4 and float(logs["accuracy"]) == 1.0
-    image, caption = term.embed(features, text)
-    assert retrieval(image, caption)["recall_at_1"] == 1.0
+    recalls = []
+    with torch.no_grad():
+        for _ in range(10):
+            images, text = pairs(torch.arange(8))
+            image, caption = term.embed(features(images)[:, None, None], text)
+            recalls.append(retrieval(image, caption)["recall_at_1"])
+    return sum(recalls) / len(recalls)
 
 
-def test_retrieval_recall_against_chance():
-    embeddings = F.normalize(torch.eye(10), dim=-1)
-    perfect = retrieval(embeddings, embeddings)
-    assert perfect["recall_at_1"] == perfect["recall_at_5"] == 1.0 and perfect["chance_at_1"] == 0.1
-    shifted = retrieval(embeddings, embeddings.roll(1, 0))  # every image's best caption is another's
-    assert shifted["recall_at_1"] == 0.0
-
-
-def test_gram_loss_is_zero_on_the_original_and_reaches_the_reconstruction():
-    term = GramLoss({"config": TINY_CLIP})
-    images = torch.rand(2, 3, 32, 32) * 2 - 1
-    output = type("Output", (), {"reconstruction": images.clone()})()
-    assert float(term(TermInputs(images, output))[0]) == pytest.approx(0.0, abs=1e-12)
-    reconstruction = (images + 0.3 * torch.randn_like(images)).requires_grad_()
-    output.reconstruction = reconstruction
-    value = term(TermInputs(images, output))[0]
-    value.backward()
-    assert float(value) > 0 and reconstruction.grad.abs().sum() > 0
+def test_contrastive_loss_carries_the_pairing_into_the_features():
+    """Trained through the features, held-out retrieval is near perfect; with the same heads trained on detached
+    features (which then never learn), it stays at chance (1/8)."""
+    through_features, heads_only = _contrastive_run(False), _contrastive_run(True)
+    assert through_features >= 0.9, through_features
+    assert heads_only == pytest.approx(1 / 8), heads_only
 
 
 def test_lecam_penalises_logits_beyond_the_running_means():
