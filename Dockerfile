@@ -2,7 +2,8 @@
 #   docker build -t vtok .
 #   docker run --gpus all --ipc=host -v /data:/data -v $PWD/outputs:/workspace/vtok/outputs vtok \
 #       experiment=quickstart trainer.accelerator=gpu trainer.precision=bf16-mixed
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# torch 2.14.1 / torchvision 0.29.1 from PyPI (their CUDA 13 builds): the versions every test here runs on.
+FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
     HF_HOME=/workspace/cache/huggingface \
@@ -11,8 +12,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /workspace/vtok
 COPY pyproject.toml README.md ./
 COPY vtok ./vtok
-# The base image's CUDA torch satisfies the torch requirement; pip keeps it.
-RUN pip install --no-cache-dir -e '.[dev]'
+RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 && pip install --no-cache-dir -e '.[dev]'
 COPY configs ./configs
 COPY train.py Makefile ./
 COPY tests ./tests

@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Huge pages for torch's CPU allocator: 1.5-1.8x faster on large temporaries.
 export THP_MEM_ALLOC_ENABLE = 1
 
-.PHONY: install quickstart test test-fast lint bench clean
+.PHONY: install quickstart test test-fast test-minimum lint bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,23 @@ test: install
 # Ruff, pinned in pyproject.toml with its rule set; CI runs it before the tests.
 lint: install
 	$(PY) -m ruff check .
+
+# The declared minimum Lightning (pyproject.toml) with this machine's torch: a toy run on one process, DDP and FSDP.
+# Older torch wheels are not on this machine's disk with a matching torchvision (PyPI's are gigabytes of CUDA):
+# torch's minimum is not checked here (see pyproject.toml).
+MIN_VENV ?= .venv-min
+test-minimum:
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q $(TORCH)
+	$(MIN_VENV)/bin/python -m pip install -q -e . lightning==2.4.0
+	$(MIN_VENV)/bin/python -c "import lightning; assert lightning.__version__ == '2.4.0', lightning.__version__"
+	rm -rf $(MIN_VENV)/run && mkdir -p $(MIN_VENV)/run && ln -s $(CURDIR)/train.py $(CURDIR)/configs $(MIN_VENV)/run/
+	cd $(MIN_VENV)/run && ../bin/python train.py experiment=quickstart scale=toy data=synthetic trainer.max_steps=3 evaluate=true
+	cd $(MIN_VENV)/run && ../bin/python train.py experiment=vqgan_f16 scale=toy data=synthetic trainer=ddp \
+		trainer.accelerator=cpu trainer.devices=2 trainer.max_steps=3
+	cd $(MIN_VENV)/run && ../bin/python train.py experiment=titok_s128 scale=toy data=synthetic trainer=fsdp \
+		trainer.accelerator=cpu trainer.devices=2 trainer.max_steps=3
+	@echo "lightning 2.4.0 (the declared minimum) trains on one process, DDP and FSDP"
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -86,8 +86,9 @@ def build(cfg: DictConfig) -> tuple[TokenizerModule, L.LightningDataModule, L.Tr
         load_stage(module, init.checkpoint)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    # plain lists, not OmegaConf's (Lightning before 2.5 took a ListConfig of plugins for one plugin)
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                          default_root_dir=cfg.paths.run_dir)
+                          default_root_dir=cfg.paths.run_dir, _convert_="partial")
     return module, datamodule, trainer
 
 
