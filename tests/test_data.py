@@ -290,15 +290,19 @@ def test_sample_shards_are_written_once_and_rebuilt_when_the_split_changes(tmp_p
     monkeypatch.setattr(samples, "PHOTOS", photos)
     monkeypatch.setattr(samples, "TRAIN", ("a", "b"))
     monkeypatch.setattr(samples, "VALIDATION", ("c",))
+    monkeypatch.setattr(samples, "TEST", ("d",))
+    photos["d"] = ((lambda: tiny), "caption of d")
     samples.build_sample_shards(tmp_path)
-    assert json.loads((tmp_path / "manifest.json").read_text()) == {"train": ["a", "b"], "val": ["c"]}
+    assert json.loads((tmp_path / "manifest.json").read_text()) == {"train": ["a", "b"], "val": ["c"],
+                                                                    "test": ["d"]}
     written = (tmp_path / "train-000000.tar").stat().st_mtime_ns
     samples.build_sample_shards(tmp_path)  # same split: reused, not rewritten
     assert (tmp_path / "train-000000.tar").stat().st_mtime_ns == written
     monkeypatch.setattr(samples, "TRAIN", ("a",))
     monkeypatch.setattr(samples, "VALIDATION", ("b", "c"))
     samples.build_sample_shards(tmp_path)
-    assert json.loads((tmp_path / "manifest.json").read_text()) == {"train": ["a"], "val": ["b", "c"]}
+    assert json.loads((tmp_path / "manifest.json").read_text()) == {"train": ["a"], "val": ["b", "c"],
+                                                                    "test": ["d"]}
     with tarfile.open(tmp_path / "val-000000.tar") as tar:
         assert sorted(name for name in tar.getnames() if name.endswith(".png")) == ["b.png", "c.png"]
 

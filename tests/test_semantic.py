@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from vtok import Tokenizer
 from vtok.data import ImageTransform, ShardDataset, SyntheticCaptions, write_shards
 from vtok.data.shards import coco_captions, folder_items
-from vtok.losses import GramLoss, ImageTextContrastive, LeCam, SemanticDistillation, TermInputs, TokenizerLoss
+from vtok.losses import ImageTextContrastive, LeCam, SemanticDistillation, TermInputs, TokenizerLoss
 from vtok.losses.contrastive import retrieval
 from vtok.quantizers import DualCodebookQuantizer
 from vtok.teachers import ImageTeacher, TextEncoder

@@ -49,7 +49,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "is_global_zero": trainer.is_global_zero,
     }
     if cfg.evaluate:  # every rank evaluates its share of the set (rank 0 writes the report)
-        datamodule.setup("validate")
+        split = cfg.eval.get("split", "val")
+        datamodule.setup("test" if split == "test" else "validate")
         terms = dict(module.loss.terms.items())
         if module.sharded:  # a sharded LLM would gather its layers per batch: ranks' batch counts differ
             skipped = [name for name, term in terms.items() if term.shardable_modules()]
@@ -58,7 +59,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 log.warning("trainer=fsdp: held-out figures of %s are left out of the report (their LLM is sharded);"
                             " evaluate its checkpoint on one process for them", skipped)
         result["report"] = evaluate_from_config(
-            module.full_eval_tokenizer().to(module.device).eval(), datamodule.val_dataloader(), cfg.eval, cfg.data,
+            module.full_eval_tokenizer().to(module.device).eval(),
+            datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader(), cfg.eval, cfg.data,
             Path(cfg.eval.get("out_dir") or cfg.paths.run_dir), device=module.device,
             text_encoder=module.loss.text_encoder,
             terms=terms,
@@ -84,8 +86,10 @@ def summary(result: dict[str, Any]) -> str:
                      f"machine){fewer}, so quality is lower than the README's numbers")
     report = result.get("report")
     if report:
+        split = report.get("protocol", {}).get("split", "val")
         lines.append(f"held-out PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.3f} at "
-                     f"{report['bits_per_pixel']:.4f} bits per pixel on {report['num_images']} images")
+                     f"{report['bits_per_pixel']:.4f} bits per pixel on {report['num_images']} "
+                     f"{'test' if split == 'test' else 'validation'} images")
         if "jpeg" in report:
             lines.append(f"  JPEG at {report['jpeg']['bits_per_pixel']:.4f} bpp: {report['jpeg']['psnr']:.2f} dB; "
                          f"patch-mean tokenizer at {report['patch_mean']['bits_per_pixel']:.4f} bpp: "

@@ -24,7 +24,8 @@ class TokenizerDataModule(L.LightningDataModule):
         train: a dataset or a zero-argument factory (built in ``setup``, after ``prepare`` has run). A
             map-style dataset is sampled endlessly by :class:`RandomSampleStream`; an iterable one
             (e.g. :class:`~vtok.data.ShardDataset`) must be endless or long enough for ``max_steps``.
-        val: a dataset or factory for validation and evaluation; ``None`` for none.
+        val: a dataset or factory for validation (and evaluation, by default); ``None`` for none.
+        test: a dataset or factory for evaluation only (``eval.split=test``): images no choice was made on.
         batch_size: training batch per device.
         val_batch_size: validation batch per device (1 lets images of different sizes through).
         num_workers: data-loader worker processes.
@@ -47,14 +48,16 @@ class TokenizerDataModule(L.LightningDataModule):
         seed: int = 0,
         image_size: int | None = None,
         val_crop: str = "center",
+        test: Dataset | Callable[[], Dataset] | None = None,
     ) -> None:
         super().__init__()
         self.image_size, self.val_crop = image_size, val_crop
-        self._train, self._val, self._prepare = train, val, prepare
+        self._train, self._val, self._test, self._prepare = train, val, test, prepare
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.num_workers, self.seed = num_workers, seed
         self.train_set: IterableDataset | None = None
         self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
         self._resume_batches = 0
         self._resume_positions: dict[int, int] | None = None
         self._positions: dict[int, int] = {}  # stream worker -> last raw position delivered in a trained batch
@@ -69,6 +72,8 @@ class TokenizerDataModule(L.LightningDataModule):
             self.train_set = train if isinstance(train, IterableDataset) else RandomSampleStream(train, self.seed)
         if self.val_set is None and self._val is not None:
             self.val_set = build_dataset(self._val)
+        if self.test_set is None and self._test is not None and stage in (None, "test"):
+            self.test_set = build_dataset(self._test)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
@@ -81,6 +86,12 @@ class TokenizerDataModule(L.LightningDataModule):
         if self.val_set is None:
             return []
         return validation_loader(self.val_set, self.val_batch_size, self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        """The test images, as validation reads its own (``setup("test")`` first)."""
+        if self.test_set is None:
+            raise ValueError("eval.split=test, but the data config has no test set (data.test)")
+        return validation_loader(self.test_set, self.val_batch_size, self.num_workers)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Called for the batch about to be trained (after any prefetching), so the record matches the step count.

@@ -56,7 +56,10 @@ def _evaluate(cfg: DictConfig, device: torch.device) -> dict:
     check_data_fits(tokenizer.fixed_size, cfg.data)
     if cfg.data.get("prepare") is not None:
         instantiate(cfg.data.prepare)()
-    dataset = build_dataset(instantiate(cfg.data.val))
+    split = cfg.eval.get("split", "val")
+    if cfg.data.get(split) is None:
+        raise ValueError(f"eval.split={split}, but the data config has no data.{split}")
+    dataset = build_dataset(instantiate(cfg.data[split]))
     loader = validation_loader(dataset, cfg.data.val_batch_size, cfg.data.get("num_workers", 1))
     out = Path(cfg.out) if cfg.out else default_out_dir(Path(str(cfg.ckpt)), Path(cfg.paths.output_dir))
     report = evaluate_from_config(tokenizer, loader, cfg.eval, cfg.data, out, extra=extra, device=device)

@@ -23,9 +23,11 @@ CROPS = {
 
 def describe_protocol(eval_cfg: Any, data_cfg: Any) -> dict[str, Any]:
     """Everything that fixes the numbers: reference set, crop, size, image count, metric settings."""
-    val = data_cfg.get("val") or {}
+    split = eval_cfg.get("split", "val")
+    val = data_cfg.get(split) or {}
     transform = val.get("transform") or {}
     return {
+        "split": split,
         "reference_set": str(val.get("urls") or val.get("root") or val.get("_target_") or "unknown"),
         "crop": str(transform.get("mode", "fixed-size dataset")),
         "crop_protocol": CROPS.get(str(transform.get("mode")), "the dataset's own images"),
