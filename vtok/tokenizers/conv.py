@@ -190,7 +190,10 @@ class ConvDecoder(Decoder):
 
     def forward(self, latents: Tensor, lengths: Tensor | None = None, condition: Tensor | None = None) -> Tensor:
         """``(B, h, w, in_dim)`` -> ``(B, C, h*f, w*f)`` (a grid has no lengths)."""
-        features = latents.permute(0, 3, 1, 2)
+        # Contiguous NCHW: a permuted view is channels-last to oneDNN, whose channels-last kernels (convolution
+        # backward, group norm) made a whole VQ step 1.2x slower on an AVX2 CPU and within noise on AVX-512
+        # (bench/RESULTS.md, "an AVX2-only CPU").
+        features = latents.permute(0, 3, 1, 2).contiguous()
         hidden = self.post_quant_conv(features) if self.post_quant_conv is not None else features
         images = self.to_pixels(self.conv_out(F.silu(self.norm_out(self.layers(hidden)))))
         if self.skip is not None:
