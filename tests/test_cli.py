@@ -63,7 +63,8 @@ def test_quickstart_cli_writes_report_and_picture(tmp_path):
     for key in ("psnr", "ssim", "codebook_usage", "perplexity", "num_images", "train_steps", "train_seconds",
                 "bits_per_pixel", "jpeg", "patch_mean", "codebook_usage_train", "perplexity_train"):
         assert key in report, key
-    assert report["num_images"] == 5 and report["train_steps"] == 12  # the 5 held-out photos
+    assert report["num_images"] == 8 and report["train_steps"] == 12  # the 8 test photos (eval.split=test)
+    assert report["protocol"]["split"] == "test" and "test-000000.tar" in report["protocol"]["reference_set"]
     assert 0 < report["codebook_usage_train"] <= 1 and report["perplexity_train"] >= 1
     assert report["bits_per_pixel"] == pytest.approx(8 / 64)  # 256 codes = 8 bits per 8x8 token
     assert (run_dir / "reconstructions.png").stat().st_size > 0
