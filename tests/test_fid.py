@@ -135,7 +135,7 @@ def test_weights_command_lists_what_a_config_needs(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     assert weights_main([f"out={tmp_path}", "experiment=vqgan_f16"]) == 1
     err = capsys.readouterr().err
-    assert FILES["lpips_vgg"].filename in err and "does not match the expected 397923af" in err
+    assert FILES["lpips_vgg"].filename in err and "does not start with 397923af" in err
 
 
 def _eval_worker(rank, world, init_file, out):

@@ -171,7 +171,7 @@ def download(name: str, out_dir: Path) -> Path:
     if not target.is_file():
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(file.url, str(target), progress=True)
-    return _checked(target, file.sha256_prefix, "(the downloaded file)", file.url)
+    return _checked(target, file.sha256_prefix, "its config key", file.url)
 
 
 @dataclass
