@@ -45,7 +45,8 @@ test-minimum:
 	$(MIN_VENV)/bin/python -m pip install -q -e . lightning==2.4.0
 	$(MIN_VENV)/bin/python -c "import lightning; assert lightning.__version__ == '2.4.0', lightning.__version__"
 	rm -rf $(MIN_VENV)/run && mkdir -p $(MIN_VENV)/run && ln -s $(CURDIR)/train.py $(CURDIR)/configs $(MIN_VENV)/run/
-	cd $(MIN_VENV)/run && ../bin/python train.py experiment=quickstart scale=toy data=synthetic trainer.max_steps=3 evaluate=true
+	cd $(MIN_VENV)/run && ../bin/python train.py experiment=quickstart scale=toy data=synthetic eval.split=val \
+		trainer.max_steps=3 evaluate=true
 	cd $(MIN_VENV)/run && ../bin/python train.py experiment=vqgan_f16 scale=toy data=synthetic trainer=ddp \
 		trainer.accelerator=cpu trainer.devices=2 trainer.max_steps=3
 	cd $(MIN_VENV)/run && ../bin/python train.py experiment=titok_s128 scale=toy data=synthetic trainer=fsdp \

@@ -90,7 +90,7 @@ class TokenizerDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The test images, as validation reads its own (``setup("test")`` first)."""
         if self.test_set is None:
-            raise ValueError("eval.split=test, but the data config has no test set (data.test)")
+            raise ValueError("eval.split=test, but the data config has no test set (data.test): add eval.split=val")
         return validation_loader(self.test_set, self.val_batch_size, self.num_workers)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
