@@ -194,7 +194,7 @@ def test_nested_dropout_training_orders_held_out_quality():
         optimizer.step()
         schedule.step()
     test_images = torch.stack([held_out[i]["image"] for i in range(len(held_out))])
-    report, _, _ = evaluate(tokenizer.eval(), [{"image": test_images}], baselines=False)
+    report, *_ = evaluate(tokenizer.eval(), [{"image": test_images}], baselines=False)
     quality = report["psnr_vs_tokens"]
     assert quality["8"] > quality["2"] + 0.3, quality
     assert quality["8"] > 16.5, quality  # above the mean-colour plateau

@@ -91,7 +91,7 @@ def test_report_holds_fid_lpips_entropy_and_throughput():
     tokenizer = Tokenizer(**tiny_tokenizer_config()).eval()
     batches = [{"image": _images(4, s).repeat_interleave(2, -1).repeat_interleave(2, -2)} for s in range(2)]
     lpips = LPIPS("alex", random_backbone=True)  # random weights: the same network checks the value below
-    report, _, _ = evaluate(tokenizer, batches, baselines=False, fid=FIDMeter(feature=PooledFeatures()), lpips=lpips)
+    report, *_ = evaluate(tokenizer, batches, baselines=False, fid=FIDMeter(feature=PooledFeatures()), lpips=lpips)
     # every figure recomputed here from the same images, tokens and networks
     originals = torch.cat([b["image"] for b in batches])
     with torch.no_grad():
@@ -144,7 +144,7 @@ def _eval_worker(rank, world, init_file, out):
     tokenizer = Tokenizer(**tiny_tokenizer_config()).eval()
     images = _images(8, 0).repeat_interleave(2, -1).repeat_interleave(2, -2)
     share = [{"image": images[i : i + 2]} for i in range(rank * 4, rank * 4 + 4, 2)]
-    report, _, _ = evaluate(tokenizer, share, baselines=False, fid=FIDMeter(feature=PooledFeatures()))
+    report, *_ = evaluate(tokenizer, share, baselines=False, fid=FIDMeter(feature=PooledFeatures()))
     torch.save(report, f"{out}/rank{rank}.pt")
     dist.barrier()  # no rank tears down gloo while another still talks to it
     dist.destroy_process_group()
@@ -159,7 +159,7 @@ def test_metrics_accumulate_across_ddp_ranks(tmp_path):
     torch.manual_seed(0)
     tokenizer = Tokenizer(**tiny_tokenizer_config()).eval()
     images = _images(8, 0).repeat_interleave(2, -1).repeat_interleave(2, -2)
-    single, _, _ = evaluate(tokenizer, [{"image": images[i : i + 2]} for i in range(0, 8, 2)], baselines=False,
+    single, *_ = evaluate(tokenizer, [{"image": images[i : i + 2]} for i in range(0, 8, 2)], baselines=False,
                             fid=FIDMeter(feature=PooledFeatures()))
     for report in (r0, r1):
         assert report["num_images"] == 8

@@ -94,6 +94,12 @@ def summary(result: dict[str, Any]) -> str:
             lines.append(f"  JPEG at {report['jpeg']['bits_per_pixel']:.4f} bpp: {report['jpeg']['psnr']:.2f} dB; "
                          f"patch-mean tokenizer at {report['patch_mean']['bits_per_pixel']:.4f} bpp: "
                          f"{report['patch_mean']['psnr']:.2f} dB")
+        if "sampling" in report:  # a generative decoder: its settings and its spread over seeds
+            s, seeds = report["sampling"], report["psnr_over_seeds"]
+            lines.append(f"  sampled: {s['steps']} {s['solver']} steps, guidance {s['guidance']:g}, seed {s['seed']}; "
+                         f"PSNR over {len(seeds['seeds'])} seeds {seeds['mean']:.2f} +- {seeds['std']:.2f} dB; "
+                         "by steps " + ", ".join(f"{k}: {v['psnr']:.2f} dB"
+                                                 for k, v in report["quality_vs_steps"].items()))
         if report.get("skipped_samples"):
             lines.append(f"  left out of every metric, unusable samples by kind: {report['skipped_samples']}")
         if "codebook_usage" in report:

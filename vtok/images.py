@@ -40,10 +40,11 @@ def psnr(reconstruction: Tensor, target: Tensor, eight_bit: bool = True) -> Tens
     return 10 * torch.log10(peak**2 / mse.clamp_min(1e-10 if eight_bit else 1e-12))
 
 
-def image_grid(originals: Tensor, reconstructions: Tensor) -> Image.Image:
-    """Two ``(B, 3, H, W)`` batches in ``[-1, 1]`` -> one picture, originals above reconstructions."""
+def image_grid(originals: Tensor, *reconstructions: Tensor) -> Image.Image:
+    """``(B, 3, H, W)`` batches in ``[-1, 1]`` -> one picture, one row per batch: originals above their
+    reconstructions (several rows for several seeds of a generative decoder)."""
     rows = []
-    for batch in (originals, reconstructions):
+    for batch in (originals, *reconstructions):
         pixels = to_uint8(batch.detach().float().cpu().clamp(-1, 1))  # B, 3, H, W
         rows.append(torch.cat(list(pixels), dim=2))  # 3, H, B*W
     return Image.fromarray(torch.cat(rows, dim=1).permute(1, 2, 0).numpy())

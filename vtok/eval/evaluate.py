@@ -29,6 +29,7 @@ from vtok.tokenizers import Tokenizer
 from .baselines import jpeg_at_bpp, patch_mean_at_bpp
 from .fid import FIDMeter
 from .metrics import psnr, ssim
+from .sampling import SamplingMeter
 from .semantic import TermMeter
 from .token_budget import TokenBudgetMeter, plot_quality_vs_tokens
 
@@ -45,11 +46,21 @@ class EvaluationMeter:
         target_psnr: for flexible 1D tokenizers, also the per-image adaptive token count for this PSNR.
         keep_images: originals kept for the codec baselines (their quality search runs per image).
         grid_images: originals and reconstructions kept for the picture.
+        sampling: for a generative decoder, ``{"steps", "guidance", "seed", "solver"}`` overriding the tokenizer's
+            defaults where not ``None``, and ``seeds``, ``compare_steps``, ``images`` for :class:`SamplingMeter`.
     """
 
     def __init__(self, tokenizer: Tokenizer, fid: FIDMeter | None = None, lpips: torch.nn.Module | None = None,
-                 target_psnr: float | None = None, keep_images: int = 64, grid_images: int = 8) -> None:
+                 target_psnr: float | None = None, keep_images: int = 64, grid_images: int = 8,
+                 sampling: dict[str, Any] | None = None) -> None:
         self.tokenizer, self.fid, self.lpips = tokenizer, fid, lpips
+        sampling = dict(sampling or {})
+        settings = tokenizer.sampler_settings(**{k: sampling.get(k) for k in ("steps", "guidance", "seed", "solver")}
+                                              if tokenizer.generative else {})
+        self.decode_kwargs = settings.to_dict() if settings is not None else {}
+        self.sampling = SamplingMeter(tokenizer, settings, sampling.get("seeds", 3),
+                                      sampling.get("compare_steps", (1, 4, 16)), sampling.get("images", 16)
+                                      ) if settings is not None else None
         self.device = next(tokenizer.parameters()).device
         self.keep_images, self.grid_images = keep_images, grid_images
         self.values: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
@@ -58,7 +69,7 @@ class EvaluationMeter:
         self.counts = torch.zeros(tokenizer.vocab_size if self.histogram else 1, device=self.device,
                                   dtype=torch.float64)
         self.unique: set[int] = set()
-        self.budget = TokenBudgetMeter(tokenizer, target_psnr) if tokenizer.flexible else None
+        self.budget = TokenBudgetMeter(tokenizer, target_psnr, self.decode_kwargs) if tokenizer.flexible else None
         self.kept: list[Tensor] = []
         self.originals: list[Tensor] = []
         self.reconstructions: list[Tensor] = []
@@ -73,7 +84,7 @@ class EvaluationMeter:
         _sync(self.device)
         self.totals["encode_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
-        decoded = self.tokenizer.decode(encoded).clamp(-1, 1)
+        decoded = self.tokenizer.decode(encoded, **self.decode_kwargs).clamp(-1, 1)
         _sync(self.device)
         self.totals["decode_seconds"] += time.perf_counter() - start
         self.values["psnr"] += psnr(decoded, batch).tolist()
@@ -84,6 +95,8 @@ class EvaluationMeter:
             self.fid.update(batch, decoded)
         if self.budget is not None:
             self.budget.update(batch, condition)
+        if self.sampling is not None:
+            self.sampling.update(batch, encoded)
         if encoded.indices is not None and self.histogram:
             self.counts += torch.bincount(encoded.indices.reshape(-1), minlength=self.counts.numel()).double()
         elif encoded.indices is not None:
@@ -106,6 +119,8 @@ class EvaluationMeter:
         self.unique = set().union(*gather_list([self.unique]))
         if self.budget is not None:
             self.budget.gather()
+        if self.sampling is not None:
+            self.sampling.gather()
 
     def summary(self) -> dict[str, Any]:
         """The report's measurements: per-set means, codebook statistics, rate and speed."""
@@ -143,6 +158,8 @@ class EvaluationMeter:
             })
         if self.budget is not None:
             report.update(self.budget.report())
+        if self.sampling is not None:
+            report.update(self.sampling.report())
         return report
 
     def baselines(self, report: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +189,8 @@ def evaluate(
     target_psnr: float | None = None,
     text_encoder: TextEncoder | None = None,
     terms: dict[str, LossTerm] | None = None,
-) -> tuple[dict[str, Any], list[Tensor], list[Tensor]]:
+    sampling: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor]]:
     """Reconstruct each image and measure it.
 
     Args:
@@ -185,13 +203,15 @@ def evaluate(
         fid, lpips, target_psnr: see :class:`EvaluationMeter`.
         text_encoder: embeds the samples' ``caption`` for a caption-conditioned tokenizer and for ``terms``.
         terms: a run's semantic loss terms: adds their held-out figures (:mod:`vtok.eval.semantic`).
+        sampling: a generative decoder's sampler settings and comparisons (see :class:`EvaluationMeter`).
 
     Returns:
-        ``(report, originals, reconstructions)``; the report holds per-set means (``psnr``, ``ssim``,
-        ``bits_per_pixel``, ...), codebook statistics, rFID/LPIPS when asked, and the baselines.
+        ``(report, originals, reconstructions, seed_rows)``; the report holds per-set means (``psnr``, ``ssim``,
+        ``bits_per_pixel``, ...), codebook statistics, rFID/LPIPS when asked, and the baselines; ``seed_rows``
+        (generative decoders) are originals then one ``(n, 3, H, W)`` row per seed, else empty.
     """
     meter = EvaluationMeter(tokenizer, fid, lpips, target_psnr, keep_images=baseline_max_images,
-                            grid_images=grid_images)
+                            grid_images=grid_images, sampling=sampling)
     semantic = TermMeter(tokenizer, terms or {})
     skipped: dict[str, int] = {}  # unusable samples by kind (undecodable, too_small, ...), left out of every metric
     if tokenizer.condition_dim is not None and text_encoder is None:
@@ -231,7 +251,7 @@ def evaluate(
     report.update(semantic.report())
     if baselines and report["bits_per_pixel"] > 0 and meter.kept and rank() == 0:
         report.update(meter.baselines(report))
-    return report, meter.originals, meter.reconstructions
+    return report, meter.originals, meter.reconstructions, meter.sampling.picture if meter.sampling else []
 
 
 def evaluate_to_dir(
@@ -244,10 +264,11 @@ def evaluate_to_dir(
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Run :func:`evaluate` and write ``report.json``, ``reconstructions.png`` (and for flexible tokenizers
-    ``quality_vs_tokens.png``) into ``out_dir``; ``kwargs`` go to :func:`evaluate`. Rank 0 writes."""
+    ``quality_vs_tokens.png``, for generative decoders ``reconstructions_seeds.png``) into ``out_dir``; ``kwargs``
+    go to :func:`evaluate`. Rank 0 writes."""
     tokenizer.eval()
-    report, originals, reconstructions = evaluate(tokenizer, images, max_images=max_images, baselines=baselines,
-                                                  **kwargs)
+    report, originals, reconstructions, seed_rows = evaluate(tokenizer, images, max_images=max_images,
+                                                             baselines=baselines, **kwargs)
     report.update(extra or {})
     if rank() != 0:
         return report
@@ -256,6 +277,10 @@ def evaluate_to_dir(
     image_grid(torch.stack([square_tile(x, GRID_SIZE) for x in originals]),
                torch.stack([square_tile(x, GRID_SIZE) for x in reconstructions])).save(grid_path)
     report["reconstructions_path"] = str(grid_path)
+    if seed_rows:  # a generative decoder: originals above one row per seed
+        seeds_path = out_dir / "reconstructions_seeds.png"
+        image_grid(*(torch.stack([square_tile(x, GRID_SIZE) for x in row]) for row in seed_rows)).save(seeds_path)
+        report["reconstructions_seeds_path"] = str(seeds_path)
     if "psnr_vs_tokens" in report:
         report["quality_vs_tokens_path"] = str(plot_quality_vs_tokens(report["psnr_vs_tokens"],
                                                                       out_dir / "quality_vs_tokens.png"))

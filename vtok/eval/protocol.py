@@ -37,6 +37,8 @@ def describe_protocol(eval_cfg: Any, data_cfg: Any) -> dict[str, Any]:
         "psnr": "8-bit RGB, per image, mean over images",
         "ssim": "8-bit RGB, Gaussian window 11, sigma 1.5, mean over images",
         "lpips": f"lpips {eval_cfg.get('lpips_net')}, inputs in [-1, 1]" if eval_cfg.get("lpips") else None,
+        "sampling": ("generative decoders: PSNR / SSIM at the report's sampler settings; psnr_over_seeds over "
+                     "eval.sampling.seeds seeds and quality_vs_steps on the first eval.sampling.images images"),
         "rfid": ("torchmetrics FrechetInceptionDistance, 2048-d pool features, images to uint8 then 299x299; "
                  "reference = the originals of the same images") if eval_cfg.get("fid") else None,
     }
@@ -69,5 +71,14 @@ def evaluate_from_config(tokenizer: Tokenizer, loader: Any, eval_cfg: Any, data_
         tokenizer, loader, out_dir, max_images=eval_cfg.get("max_images"), baselines=eval_cfg.get("baselines", True),
         baseline_max_images=eval_cfg.get("baseline_max_images", 64), fid=fid, lpips=lpips,
         target_psnr=eval_cfg.get("target_psnr"), text_encoder=text_encoder, terms=terms,
+        sampling=_plain(eval_cfg.get("sampling")),
         extra={"protocol": protocol, "skipped_metrics": skipped, **(extra or {})},
     )
+
+
+def _plain(value: Any) -> dict[str, Any] | None:
+    """An OmegaConf node or mapping -> a plain dict (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    return {k: (list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig" else v)
+            for k, v in dict(value).items()}

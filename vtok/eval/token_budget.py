@@ -23,10 +23,13 @@ class TokenBudgetMeter:
     Args:
         tokenizer: a flexible 1D tokenizer (``tokenizer.flexible``).
         target_psnr: also pick, per image, the fewest tokens reaching this PSNR (``encode(target_psnr=...)``).
+        sampling: ``decode`` keyword arguments of a generative decoder (steps, guidance, seed, solver).
     """
 
-    def __init__(self, tokenizer: Tokenizer, target_psnr: float | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, target_psnr: float | None = None,
+                 sampling: dict[str, Any] | None = None) -> None:
         self.tokenizer, self.target_psnr = tokenizer, target_psnr
+        self.sampling = sampling or {}  # a generative decoder's sampler settings for every decode
         self.ladder = budget_ladder(tokenizer.num_tokens())
         self.psnr: dict[int, list[float]] = {k: [] for k in self.ladder}
         self.adaptive_tokens: list[int] = []
@@ -39,12 +42,12 @@ class TokenBudgetMeter:
         full = self.tokenizer.encode(images, text=condition)
         for k in self.ladder:
             lengths = torch.full((len(images),), k, device=images.device)
-            reconstruction = self.tokenizer.decode(replace(full, lengths=lengths)).clamp(-1, 1)
+            reconstruction = self.tokenizer.decode(replace(full, lengths=lengths), **self.sampling).clamp(-1, 1)
             self.psnr[k] += psnr(reconstruction, images).tolist()
         if self.target_psnr is not None:
             tokens = self.tokenizer.encode(images, target_psnr=self.target_psnr, text=condition)
             self.adaptive_tokens += tokens.lengths.tolist()
-            self.adaptive_psnr += psnr(self.tokenizer.decode(tokens).clamp(-1, 1), images).tolist()
+            self.adaptive_psnr += psnr(self.tokenizer.decode(tokens, **self.sampling).clamp(-1, 1), images).tolist()
 
     def gather(self) -> None:
         """Join every rank's values, in rank order (all ranks call this; a no-op in one process)."""

@@ -185,6 +185,9 @@ class TokenizerLoss(nn.Module):
         if self.perceptual is not None:
             logs["perceptual"] = self.perceptual(recon, images).mean()
             nll = nll + self.perceptual_weight * logs["perceptual"]
+        for name, value in output.decoder_losses.items():  # a generative decoder's own loss (the flow's)
+            logs[f"decoder/{name}"] = value
+            nll = nll + value
         logs["reconstruction"] = nll
         total = nll
         for name, value in output.losses.items():

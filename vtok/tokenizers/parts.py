@@ -9,8 +9,12 @@ sequence, and features are ``(B, *layout, D)``.
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
+
+from vtok.modules.flow import SamplerSettings
 
 
 class Encoder(nn.Module):
@@ -65,8 +69,30 @@ def check_condition(part: Encoder | Decoder, condition: Tensor | None) -> None:
                          "caption's embedding): pass text=...")
 
 
+@dataclass
+class DecoderLoss:
+    """What a generative decoder's :meth:`Decoder.training_loss` returns.
+
+    Attributes:
+        loss: the decoder's own training loss (a scalar), which takes the place of pixel losses.
+        estimate: ``(B, C, H, W)`` the decoder's one-pass guess of the images, logged as the reconstruction.
+        features: ``{name: (B, h, w, width)}`` intermediate decoder features asked for (``feature_names``), for
+            terms that align them with a teacher (REPA).
+    """
+
+    loss: Tensor
+    estimate: Tensor
+    features: dict[str, Tensor] = field(default_factory=dict)
+
+
 class Decoder(nn.Module):
     """Latents ``(B, *layout, in_dim)`` -> images ``(B, C, H, W)`` in about ``[-1, 1]``.
+
+    Two kinds. A deterministic decoder maps latents to one image and trains on the pixel losses of that image.
+    A *generative* decoder (``generative = True``, e.g. a rectified flow) samples an image given the latents:
+    its ``forward`` integrates from seeded noise with :class:`~vtok.modules.flow.SamplerSettings` (``sampling``,
+    the defaults saved with the decoder's config, or the caller's), and it trains through :meth:`training_loss`,
+    which the tokenizer calls instead of decoding.
 
     Attributes:
         takes_lengths: ``forward`` accepts ``lengths`` ``(B,)``: each image keeps only its first ``lengths[b]``
@@ -74,11 +100,17 @@ class Decoder(nn.Module):
         fixed_size: the one image side a decoder writes whatever its input (1D tokens carry no grid), or
             ``None`` when the output size follows the layout.
         condition_dim: size of the conditioning vector ``forward`` reads (as the encoder's), or ``None``.
+        generative: ``forward`` samples (and reads ``sampling=``); training uses :meth:`training_loss`.
+        sampling: a generative decoder's default sampler settings; ``None`` for deterministic decoders.
+        feature_names: intermediate features :meth:`training_loss` can return (``block3``, ...).
     """
 
     takes_lengths: bool = False
     fixed_size: int | None = None
     condition_dim: int | None = None
+    generative: bool = False
+    sampling: SamplerSettings | None = None
+    feature_names: tuple[str, ...] = ()
 
     @property
     def flexible(self) -> bool:
@@ -92,5 +124,14 @@ class Decoder(nn.Module):
 
     def forward(self, latents: Tensor, lengths: Tensor | None = None, condition: Tensor | None = None) -> Tensor:
         """``(B, *layout, in_dim)`` (and ``(B,)`` lengths where ``takes_lengths``, ``(B, condition_dim)`` where
-        conditioned) -> ``(B, C, H, W)``."""
+        conditioned) -> ``(B, C, H, W)``. Generative decoders also take ``sampling: SamplerSettings | None``."""
         raise NotImplementedError
+
+    def training_loss(self, latents: Tensor, images: Tensor, lengths: Tensor | None = None,
+                      features: Collection[str] = (), generator: torch.Generator | None = None) -> DecoderLoss:
+        """A generative decoder's loss for ``(B, *layout, in_dim)`` latents of ``(B, C, H, W)`` images.
+
+        ``generator`` (a CPU generator) draws the loss's noise and times, for a reproducible held-out loss; without
+        it they come from the global RNG (resumed exactly like every other random draw of a run).
+        """
+        raise TypeError(f"{type(self).__name__} is deterministic: it trains on pixel losses of its reconstruction")

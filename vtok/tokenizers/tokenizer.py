@@ -11,6 +11,7 @@ names an import path and loading a saved tokenizer never runs code the file choo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -19,9 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from vtok.images import psnr
+from vtok.modules.flow import SamplerSettings
 from vtok.quantizers import QuantizerOutput, build_quantizer
 
-from .parts import Decoder, Encoder
+from .parts import Decoder, DecoderLoss, Encoder
 from .registry import DECODERS, ENCODERS, EXPANDERS, FAMILIES
 from .serialization import load_pretrained, save_pretrained
 from .tokens import TokenizerOutput, Tokens
@@ -144,6 +146,17 @@ class Tokenizer(nn.Module):
         return self.decoder.fixed_size
 
     @property
+    def generative(self) -> bool:
+        """Whether decoding samples (a flow decoder): ``decode`` then takes ``steps``, ``guidance``, ``seed`` and
+        ``solver``, and training uses the decoder's own loss."""
+        return self.decoder.generative
+
+    @property
+    def sampling(self) -> SamplerSettings | None:
+        """A generative decoder's default sampler settings (from its config); ``None`` for deterministic ones."""
+        return self.decoder.sampling
+
+    @property
     def condition_dim(self) -> int | None:
         """Size of the per-image conditioning vector (a caption's embedding, TexTok) that ``encode`` and ``decode``
         read as ``text=``; ``None`` when the tokenizer reads images alone."""
@@ -153,9 +166,12 @@ class Tokenizer(nn.Module):
     def feature_names(self) -> tuple[str, ...]:
         """Names ``forward(images, features=...)`` accepts: ``encoder`` (what enters the bottleneck),
         ``quantized`` (what leaves it), ``quantized.PART`` for each part of a dual codebook (``semantic``,
-        ``pixel``), ``expanded`` (with an expander) and ``encoder.NAME`` for each of the encoder's own features."""
+        ``pixel``), ``expanded`` (with an expander), ``encoder.NAME`` for each of the encoder's own features and,
+        for a generative decoder, ``decoder.NAME``: its features of the noisy image (what REPA-style terms align
+        to a teacher)."""
+        decoder = self.decoder.feature_names if self.decoder.generative else ()
         names = ("encoder", "quantized", *(f"quantized.{p}" for p in self.quantizer.codebook_parts),
-                 *(f"encoder.{n}" for n in self.encoder.feature_names))
+                 *(f"encoder.{n}" for n in self.encoder.feature_names), *(f"decoder.{n}" for n in decoder))
         return (*names, "expanded") if self.expander is not None else names
 
     def _tokenize(self, images: Tensor, encoder_features: Collection[str] = (), text: Tensor | None = None
@@ -165,11 +181,14 @@ class Tokenizer(nn.Module):
         tokens = Tokens(indices=q.indices, latents=q.quantized, layout=tuple(features.shape[1:-1]), condition=text)
         return tokens, q, features, intermediate
 
-    def _decode_latents(self, latents: Tensor, lengths: Tensor | None = None, text: Tensor | None = None
-                        ) -> tuple[Tensor, Tensor | None]:
+    def _decoder_input(self, latents: Tensor) -> tuple[Tensor, Tensor | None]:
         inputs = self.quantizer.decoder_input(latents)
         expanded = self.expander(inputs) if self.expander is not None else None
-        inputs = expanded if expanded is not None else inputs
+        return (expanded if expanded is not None else inputs), expanded
+
+    def _decode_latents(self, latents: Tensor, lengths: Tensor | None = None, text: Tensor | None = None,
+                        sampling: SamplerSettings | None = None) -> tuple[Tensor, Tensor | None]:
+        inputs, expanded = self._decoder_input(latents)
         if lengths is not None and not self.decoder.takes_lengths:
             raise ValueError(f"{type(self.decoder).__name__} decodes whole grids; per-image lengths need a "
                              "1D latent-token decoder")
@@ -178,7 +197,32 @@ class Tokenizer(nn.Module):
             if text is None:
                 raise ValueError("this tokenizer decodes conditioned on a caption embedding: pass text=...")
             extra["condition"] = text
+        if self.decoder.generative:
+            extra["sampling"] = sampling
         return self.decoder(inputs, **extra), expanded
+
+    def decoder_loss(self, tokens: Tokens, images: Tensor, features: Collection[str] = (),
+                     generator: torch.Generator | None = None) -> DecoderLoss:
+        """A generative decoder's training loss for ``tokens`` of ``(B, C, H, W)`` ``images`` (``features``:
+        decoder feature names without the ``decoder.`` prefix; ``generator``: a CPU generator for the noise and
+        times, for a reproducible held-out loss)."""
+        if not self.decoder.generative:
+            raise TypeError(f"the {type(self.decoder).__name__} is deterministic: it has no decoder loss")
+        inputs = self._decoder_input(tokens.latents)[0]
+        return self.decoder.training_loss(inputs, images, tokens.lengths, features, generator)
+
+    def sampler_settings(self, steps: int | None = None, guidance: float | None = None, seed: int | None = None,
+                         solver: str | None = None) -> SamplerSettings | None:
+        """The decoder's default sampler settings with the given ones replaced; ``None`` for a deterministic
+        decoder, which refuses any of them."""
+        given = {k: v for k, v in dict(steps=steps, guidance=guidance, seed=seed, solver=solver).items()
+                 if v is not None}
+        if self.decoder.sampling is None:
+            if given:
+                raise ValueError(f"{sorted(given)}: this tokenizer's {type(self.decoder).__name__} is deterministic; "
+                                 "sampler settings apply to generative decoders (decoder.kind=flow)")
+            return None
+        return dataclasses.replace(self.decoder.sampling, **given)
 
     def forward(self, images: Tensor, features: Collection[str] = (), text: Tensor | None = None
                 ) -> TokenizerOutput:
@@ -195,15 +239,23 @@ class Tokenizer(nn.Module):
             raise KeyError(f"unknown tokenizer features {unknown}; this tokenizer has {list(self.feature_names)}")
         wanted = {name.removeprefix("encoder.") for name in features if name.startswith("encoder.")}
         tokens, q, encoded, intermediate = self._tokenize(images, wanted, text)
-        reconstruction, expanded = self._decode_latents(tokens.latents, text=text)
         named = {f"encoder.{name}": value for name, value in intermediate.items()}
+        decoder_losses: dict[str, Tensor] = {}
+        if self.decoder.generative:  # no decode: the flow trains on its velocity at a random time
+            decoder_wanted = [n.removeprefix("decoder.") for n in features if n.startswith("decoder.")]
+            inputs, expanded = self._decoder_input(tokens.latents)
+            result = self.decoder.training_loss(inputs, images, tokens.lengths, decoder_wanted)
+            reconstruction, decoder_losses["flow"] = result.estimate, result.loss
+            named.update({f"decoder.{name}": value for name, value in result.features.items()})
+        else:
+            reconstruction, expanded = self._decode_latents(tokens.latents, text=text)
         named.update({"encoder": encoded, "quantized": tokens.latents})
         named.update({f"quantized.{p}": self.quantizer.select(tokens.latents, p)
                       for p in self.quantizer.codebook_parts})
         if expanded is not None:
             named["expanded"] = expanded
         kept = {name: named[name] for name in (*features, *(("expanded",) if expanded is not None else ()))}
-        return TokenizerOutput(reconstruction, tokens, q.losses, q.stats, kept)
+        return TokenizerOutput(reconstruction, tokens, q.losses, q.stats, kept, decoder_losses)
 
     def encode(self, images: Tensor, num_tokens: int | None = None, target_psnr: float | None = None,
                text: Tensor | None = None) -> Tokens:
@@ -246,9 +298,16 @@ class Tokenizer(nn.Module):
             low = torch.where(open_ & ~reached, middle + 1, low)
         return low
 
-    def decode(self, tokens: Tokens) -> Tensor:
-        """Tokens -> ``(B, C, H, W)`` images in about ``[-1, 1]``."""
-        return self._decode_latents(tokens.latents, tokens.lengths, tokens.condition)[0]
+    def decode(self, tokens: Tokens, steps: int | None = None, guidance: float | None = None,
+               seed: int | None = None, solver: str | None = None) -> Tensor:
+        """Tokens -> ``(B, C, H, W)`` images in about ``[-1, 1]``.
+
+        A generative decoder samples: ``steps`` (ODE steps), ``guidance`` (classifier-free scale, 1.0 = none),
+        ``seed`` (same seed, same images) and ``solver`` (``euler`` | ``heun``) default to :attr:`sampling`, the
+        values saved with the tokenizer. A deterministic decoder refuses them.
+        """
+        settings = self.sampler_settings(steps, guidance, seed, solver)
+        return self._decode_latents(tokens.latents, tokens.lengths, tokens.condition, settings)[0]
 
     def embed(self, indices: Tensor, which: str | None = None) -> Tensor:
         """``(B, *layout)`` ids -> ``(B, *layout, D)`` code vectors, exactly ``encode``'s ``latents``.
@@ -260,9 +319,11 @@ class Tokenizer(nn.Module):
         codes = self.quantizer.indices_to_codes(indices)
         return codes if which is None else self.quantizer.select(codes, which)
 
-    def decode_indices(self, indices: Tensor, lengths: Tensor | None = None, text: Tensor | None = None) -> Tensor:
-        """``(B, *layout)`` ids (and optional ``(B,)`` lengths, ``(B, condition_dim)`` text) -> images."""
-        return self._decode_latents(self.embed(indices), lengths, text)[0]
+    def decode_indices(self, indices: Tensor, lengths: Tensor | None = None, text: Tensor | None = None,
+                       **sampling: Any) -> Tensor:
+        """``(B, *layout)`` ids (and optional ``(B,)`` lengths, ``(B, condition_dim)`` text) -> images; ``sampling``
+        as :meth:`decode`'s."""
+        return self._decode_latents(self.embed(indices), lengths, text, self.sampler_settings(**sampling))[0]
 
     @property
     def last_layer(self) -> Tensor:

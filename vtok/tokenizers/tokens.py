@@ -38,7 +38,9 @@ class TokenizerOutput:
         losses: weighted bottleneck losses (commitment, entropy, KL, ...).
         stats: detached statistics for logging.
         features: intermediate features other losses may supervise, by name (``Tokenizer.feature_names``:
-            ``encoder``, ``quantized``, ``encoder.NAME``, ``expanded``), channels last.
+            ``encoder``, ``quantized``, ``encoder.NAME``, ``expanded``, ``decoder.NAME``), channels last.
+        decoder_losses: a generative decoder's own training losses (the flow loss), which take the place of pixel
+            losses; ``reconstruction`` is then the decoder's one-pass estimate of the images. Empty otherwise.
     """
 
     reconstruction: Tensor
@@ -46,3 +48,4 @@ class TokenizerOutput:
     losses: dict[str, Tensor] = field(default_factory=dict)
     stats: dict[str, Tensor] = field(default_factory=dict)
     features: dict[str, Tensor] = field(default_factory=dict)
+    decoder_losses: dict[str, Tensor] = field(default_factory=dict)

@@ -28,6 +28,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
 
 from vtok.distributed import all_reduce_sum, fully_shard, is_distributed, is_sharded, whole, world_size
+from vtok.modules.adaln import AdaLNBlock
 from vtok.modules.conv import AttnBlock, ResBlock
 from vtok.modules.transformer import Block
 from vtok.tokenizers.titok import MaskgitResBlock, TitokBlock
@@ -37,7 +38,7 @@ from .strategies import DEFAULT_RENDEZVOUS, RendezvousFirst
 log = logging.getLogger(__name__)
 
 # The tokenizer's repeated units: each becomes one FSDP unit (its parameters gathered together).
-SHARDED_BLOCKS: tuple[type[nn.Module], ...] = (Block, ResBlock, AttnBlock, TitokBlock, MaskgitResBlock)
+SHARDED_BLOCKS: tuple[type[nn.Module], ...] = (Block, AdaLNBlock, ResBlock, AttnBlock, TitokBlock, MaskgitResBlock)
 
 
 class ShardedDataParallel(RendezvousFirst, ModelParallelStrategy):

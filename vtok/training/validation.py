@@ -37,7 +37,8 @@ class HeldOutPSNR:
 
     def on_validation_epoch_start(self) -> None:
         # A plain dict, so the whole copy is not registered as a submodule (nor saved in a checkpoint).
-        self._validation = {"sums": torch.zeros(2, dtype=torch.float64, device=self.device),  # (sum of PSNR, images)
+        # sums: (PSNR, images, decoder loss x images) summed over this rank's batches
+        self._validation = {"sums": torch.zeros(3, dtype=torch.float64, device=self.device),
                             "tokenizer": self.full_eval_tokenizer()}  # whole: batches must not wait for other ranks
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -46,13 +47,22 @@ class HeldOutPSNR:
             return
         tokenizer = self._validation["tokenizer"]
         with local_only():
-            reconstruction = tokenizer.decode(tokenizer.encode(images, text=self.text_for(batch, False)))
+            tokens = tokenizer.encode(images, text=self.text_for(batch, False))
+            reconstruction = tokenizer.decode(tokens)
+            decoder_loss = images.new_zeros(())
+            if tokenizer.generative:  # the held-out flow loss, at the same noise and times every validation
+                generator = torch.Generator().manual_seed(batch_idx)
+                decoder_loss = tokenizer.decoder_loss(tokens, images, generator=generator).loss * len(images)
         values = psnr(reconstruction.clamp(-1, 1), images)
-        self._validation["sums"] += torch.stack([values.sum().double(), values.new_tensor(values.numel()).double()])
+        self._validation["sums"] += torch.stack([values.sum().double(), values.new_tensor(values.numel()).double(),
+                                                 decoder_loss.detach().double()])
 
     def on_validation_epoch_end(self) -> None:
-        total, count = all_reduce_sum(self._validation.pop("sums")).tolist()
+        total, count, decoder_loss = all_reduce_sum(self._validation.pop("sums")).tolist()
+        generative = self._validation.pop("tokenizer").generative
         self._validation.clear()
         if count:
             self.log("val/psnr", total / count, prog_bar=True)  # the same on every rank
             self.log("val/images", count)  # the same on every rank
+            if generative:
+                self.log("val/decoder_loss", decoder_loss / count)
