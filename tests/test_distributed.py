@@ -8,10 +8,12 @@ import io
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +64,7 @@ def _png(rng: np.random.Generator, size: int = 48) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
+def folder(tmp_path_factory) -> Iterator[Path]:
     """A user's folder: train.py and configs/ (links), 3 training shards of 8, 1 validation shard of 6, 5 photos."""
     root = tmp_path_factory.mktemp("user")
     for name in ("train.py", "configs"):
@@ -75,7 +77,8 @@ def folder(tmp_path_factory) -> Path:
     (root / "photos").mkdir()
     for i in range(5):
         (root / "photos" / f"p{i}.png").write_bytes(_png(rng, 40 + 8 * i))
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)  # checkpoints of a dozen runs: gigabytes
 
 
 @pytest.fixture(scope="module")
@@ -243,11 +246,12 @@ def _metrics(run_dir: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def fsdp_folder(tmp_path_factory) -> Path:
+def fsdp_folder(tmp_path_factory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("fsdp")
     for name in ("train.py", "configs"):
         (root / name).symlink_to(ROOT / name)
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_fsdp_shards_blocks_trains_like_ddp_and_resumes_exactly(fsdp_folder):

@@ -108,6 +108,8 @@ class SamplingMeter:
 
 def _first(tokens: Tokens, count: int) -> Tokens:
     """The first ``count`` images' tokens."""
-    cut = (lambda t: None if t is None else t[:count])
+    def cut(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t[:count]
+
     return dataclasses.replace(tokens, indices=cut(tokens.indices), latents=tokens.latents[:count],
                                lengths=cut(tokens.lengths), condition=cut(tokens.condition))

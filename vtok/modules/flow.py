@@ -7,6 +7,7 @@ trained to predict that velocity decodes by integrating from ``t = 1`` down to `
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -111,7 +112,7 @@ def integrate(velocity: Velocity, noise: Tensor, steps: int, solver: str = "eule
         raise ValueError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     times = torch.linspace(1.0, 0.0, steps + 1, device=noise.device)
     x = noise
-    for t, t_next in zip(times[:-1], times[1:]):
+    for t, t_next in itertools.pairwise(times):
         dt = t_next - t  # negative: integrating towards the image
         v = velocity(x, t.expand(len(x)))
         if solver == "heun":

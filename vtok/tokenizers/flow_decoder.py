@@ -67,9 +67,9 @@ class FlowDecoder(Decoder):
     def __init__(self, num_tokens: int = 128, in_dim: int = 12, out_channels: int = 3, patch_size: int = 16,
                  width: int = 512, depth: int = 8, heads: int = 8, mlp_ratio: float = 4.0, position: str = "learned",
                  image_size: int = 256, token_positions: bool = True, nested_dropout: dict[str, Any] | None = None,
-                 guidance_dropout: float = 0.1, time_distribution: str = "logit_normal",
-                 prediction: str = "image", loss_weighting: str = "image", min_time: float = 0.05, sampling: dict[str, Any] | None = None, condition_dim: int | None = None,
-                 condition_tokens: int = 4) -> None:
+                 guidance_dropout: float = 0.1, time_distribution: str = "logit_normal", prediction: str = "image",
+                 loss_weighting: str = "image", min_time: float = 0.05, sampling: dict[str, Any] | None = None,
+                 condition_dim: int | None = None, condition_tokens: int = 4) -> None:
         super().__init__()
         if condition_dim is not None:
             raise ValueError("decoder.kind=flow reads tokens only: caption conditioning (condition_dim) is not "
