@@ -338,3 +338,16 @@ def test_fsdp_ett_shards_the_llm_layers_and_exports_the_bridge(fsdp_folder):
     projector = {k.split("projector.", 1)[1]: v for k, v in state.items() if ".bridge.projector." in k}
     for key, value in bridge.projector.state_dict().items():
         assert torch.equal(value, projector[key]), key
+
+
+def test_the_flow_decoder_trains_on_two_ranks_under_fsdp_as_under_ddp(fsdp_folder):
+    """The generative decoder's adaLN blocks shard like any block; its random times and noise are drawn per rank
+    from the run's seeded RNG, so FSDP and DDP compute the same losses."""
+    flow = FSDP.replace("experiment=titok_s128", "experiment=flextok_fsq")
+    steps = ["trainer.max_steps=3"]
+    sharded = _run_in(fsdp_folder, flow, "run_name=flow_fsdp", *steps, readme=False)
+    assert "blocks sharded over 2 ranks" in sharded.stdout + sharded.stderr
+    _run_in(fsdp_folder, flow.replace("trainer=fsdp", "trainer=ddp"), "run_name=flow_ddp", *steps, readme=False)
+    fsdp, ddp = _metrics(fsdp_folder / "outputs/flow_fsdp"), _metrics(fsdp_folder / "outputs/flow_ddp")
+    assert sorted(fsdp) == [0, 1, 2]
+    assert fsdp == pytest.approx(ddp, rel=1e-4)

@@ -124,3 +124,15 @@ def test_a_new_loss_term_reports_through_its_own_evaluation_alone(tmp_path):
     assert report["semantic_protocol"] == {"probe": "mean of the quantized features"}
     text = summary({"train_steps": 1, "train_seconds": 1.0, "checkpoint": "x.ckpt", "report": report})
     assert f"  probe: mean latent {report['semantic']['probe']['mean']:.4f}\n    detail" in text
+
+
+def test_sharpness_is_one_for_the_original_below_for_a_blur_above_for_noise():
+    from vtok.eval.metrics import sharpness
+
+    torch.manual_seed(0)
+    image = torch.nn.functional.interpolate(torch.rand(2, 3, 16, 16) * 2 - 1, size=64, mode="bicubic").clamp(-1, 1)
+    blurred = torch.nn.functional.avg_pool2d(image, 5, stride=1, padding=2, count_include_pad=False)
+    noisy = (image + 0.2 * torch.randn_like(image)).clamp(-1, 1)
+    assert torch.allclose(sharpness(image, image), torch.ones(2))
+    assert (sharpness(blurred, image) < 0.5).all()
+    assert (sharpness(noisy, image) > 1.5).all()

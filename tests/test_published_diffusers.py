@@ -1,8 +1,9 @@
 """Published tokenizers in and out through diffusers: AutoencoderKL / VQModel folders imported and exported (both
 directions), what export refuses, evaluating and fine-tuning an imported tokenizer.
 
-Tolerance against diffusers in fp32, on images in [-1, 1], with identical code indices: max abs difference < 1e-5
-(the same arithmetic in another order).
+Tolerance against diffusers in fp32, on images in [-1, 1], with identical code indices: max abs difference < 5e-5
+(the same arithmetic in another order: under 1e-5 on an AVX-512 CPU, 1.03e-5 measured on an AVX2-only one, whose
+kernels accumulate in other blocks; a wrong layout or weight differs by 1e-2 and more).
 """
 
 import json
@@ -21,7 +22,7 @@ from .published_networks import (
 )
 
 diffusers = pytest.importorskip("diffusers")
-TOLERANCE = 1e-5
+TOLERANCE = 5e-5
 
 
 def _kl(quant_convs: bool = True) -> "diffusers.AutoencoderKL":

@@ -87,7 +87,8 @@ def summary(result: dict[str, Any]) -> str:
     report = result.get("report")
     if report:
         split = report.get("protocol", {}).get("split", "val")
-        lines.append(f"held-out PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.3f} at "
+        lines.append(f"held-out PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.3f}, sharpness "
+                     f"{report['sharpness']:.2f} at "
                      f"{report['bits_per_pixel']:.4f} bits per pixel on {report['num_images']} "
                      f"{'test' if split == 'test' else 'validation'} images")
         if "jpeg" in report:

@@ -28,7 +28,7 @@ from vtok.tokenizers import Tokenizer
 
 from .baselines import jpeg_at_bpp, patch_mean_at_bpp
 from .fid import FIDMeter
-from .metrics import psnr, ssim
+from .metrics import psnr, sharpness, ssim
 from .sampling import SamplingMeter
 from .semantic import TermMeter
 from .token_budget import TokenBudgetMeter, plot_quality_vs_tokens
@@ -63,7 +63,7 @@ class EvaluationMeter:
                                       ) if settings is not None else None
         self.device = next(tokenizer.parameters()).device
         self.keep_images, self.grid_images = keep_images, grid_images
-        self.values: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
+        self.values: dict[str, list[float]] = {"psnr": [], "ssim": [], "sharpness": [], "lpips": []}
         self.totals = {"images": 0, "pixels": 0, "tokens": 0, "encode_seconds": 0.0, "decode_seconds": 0.0}
         self.histogram = has_histogram(tokenizer.vocab_size)
         self.counts = torch.zeros(tokenizer.vocab_size if self.histogram else 1, device=self.device,
@@ -89,6 +89,7 @@ class EvaluationMeter:
         self.totals["decode_seconds"] += time.perf_counter() - start
         self.values["psnr"] += psnr(decoded, batch).tolist()
         self.values["ssim"] += ssim(decoded, batch).tolist()
+        self.values["sharpness"] += sharpness(decoded, batch).tolist()
         if self.lpips is not None:
             self.values["lpips"] += self.lpips(decoded, batch).tolist()
         if self.fid is not None:
@@ -132,6 +133,8 @@ class EvaluationMeter:
             "num_images": n,
             "psnr": float(np.mean(self.values["psnr"])),
             "ssim": float(np.mean(self.values["ssim"])),
+            # high-frequency energy of reconstructions over originals' (1: as detailed; < 1: blurred)
+            "sharpness": float(np.mean(self.values["sharpness"])),
             "lpips": float(np.mean(self.values["lpips"])) if self.values["lpips"] else None,
             "rfid": self.fid.compute() if self.fid is not None else None,
             "psnr_per_image": self.values["psnr"],

@@ -21,7 +21,7 @@ from vtok.distributed import gather_list
 from vtok.modules.flow import SamplerSettings
 from vtok.tokenizers import Tokenizer, Tokens
 
-from .metrics import psnr, ssim
+from .metrics import psnr, sharpness, ssim
 
 
 class SamplingMeter:
@@ -43,9 +43,10 @@ class SamplingMeter:
         self.steps = sorted({*steps, settings.steps})
         self.picture_images = picture_images
         self.count = 0
-        self.by_seed: dict[int, dict[str, list[float]]] = {s: {"psnr": [], "ssim": []} for s in self.seeds}
-        self.by_steps: dict[int, dict[str, list[float]]] = {k: {"psnr": [], "ssim": [], "seconds": [0.0]}
-                                                           for k in self.steps}
+        self.by_seed: dict[int, dict[str, list[float]]] = {s: {"psnr": [], "ssim": [], "sharpness": []}
+                                                           for s in self.seeds}
+        self.by_steps: dict[int, dict[str, list[float]]] = {
+            k: {"psnr": [], "ssim": [], "sharpness": [], "seconds": [0.0]} for k in self.steps}
         self.picture: list[Tensor] = []  # rows: originals, then one row per seed
 
     def _decode(self, tokens: Tokens, **changes: Any) -> Tensor:
@@ -66,6 +67,7 @@ class SamplingMeter:
             decoded = self._decode(tokens, seed=seed)
             self.by_seed[seed]["psnr"] += psnr(decoded, images).tolist()
             self.by_seed[seed]["ssim"] += ssim(decoded, images).tolist()
+            self.by_seed[seed]["sharpness"] += sharpness(decoded, images).tolist()
             rows.append(decoded[:shown].cpu())
         if shown:
             self.picture = [torch.cat([old, new]) for old, new in zip(self.picture, rows)] if self.picture else rows
@@ -77,6 +79,7 @@ class SamplingMeter:
             self.by_steps[steps]["seconds"][0] += time.perf_counter() - start
             self.by_steps[steps]["psnr"] += psnr(decoded, images).tolist()
             self.by_steps[steps]["ssim"] += ssim(decoded, images).tolist()
+            self.by_steps[steps]["sharpness"] += sharpness(decoded, images).tolist()
         self.count += keep
 
     def gather(self) -> None:
@@ -88,7 +91,7 @@ class SamplingMeter:
 
     def report(self) -> dict[str, Any]:
         """``sampling``: the settings; ``psnr_over_seeds`` / ``ssim_over_seeds``: per-seed means and their spread;
-        ``quality_vs_steps``: PSNR, SSIM and images/s (one device) per step count."""
+        ``quality_vs_steps``: PSNR, SSIM, sharpness and images/s (one device) per step count."""
         per_seed_psnr = [float(np.mean(v["psnr"])) for v in self.by_seed.values()]
         per_seed_ssim = [float(np.mean(v["ssim"])) for v in self.by_seed.values()]
         n = len(next(iter(self.by_seed.values()))["psnr"])
@@ -101,6 +104,7 @@ class SamplingMeter:
                                 "std": float(np.std(per_seed_ssim))},
             "quality_vs_steps": {
                 str(k): {"psnr": float(np.mean(v["psnr"])), "ssim": float(np.mean(v["ssim"])),
+                         "sharpness": float(np.mean(v["sharpness"])),
                          "images_per_second": len(v["psnr"]) / max(sum(v["seconds"]), 1e-9)}
                 for k, v in self.by_steps.items()},
         }
