@@ -141,6 +141,24 @@ def test_a_set_without_positions_decodes_the_same_in_any_order():
                               tok.decoder(tok.quantizer.decoder_input(tokens.latents)), atol=1e-5)
 
 
+def test_a_2d_grid_of_tokens_trains_and_decodes_through_the_flow_decoder():
+    """A conv encoder's (B, 8, 8, D) grid is read as 64 tokens with learned positions."""
+    from .conftest import tiny_tokenizer_config
+
+    config = tiny_tokenizer_config()
+    config["decoder"] = dict(kind="flow", num_tokens=64, patch_size=8, width=32, depth=1, heads=2, image_size=32,
+                             sampling=dict(steps=2))
+    tok = Tokenizer(**config)
+    out = tok(images(2))
+    assert out.tokens.layout == (8, 8) and out.decoder_losses["flow"].requires_grad
+    out.decoder_losses["flow"].backward()
+    assert tok.encoder.parameters().__next__().grad is not None
+    with torch.no_grad():
+        assert tok.eval().decode(tok.encode(images(2))).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="at most 64"):
+        tok.decoder(torch.zeros(1, 9, 9, tok.decoder.from_tokens.in_features))
+
+
 def test_a_deterministic_decoder_refuses_sampler_settings():
     tok = Tokenizer(encoder=dict(kind="latent_tokens", num_tokens=4, patch_size=8, width=16, depth=1, heads=2,
                                  out_dim=4, image_size=32),

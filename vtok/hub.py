@@ -23,7 +23,7 @@ from vtok.tokenizers import Tokenizer
 
 __all__ = ["export", "load_tokenizer", "main", "model_card", "push"]
 
-CARD_METRICS = ("psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity", "bits_per_pixel",
+CARD_METRICS = ("psnr", "ssim", "sharpness", "lpips", "rfid", "codebook_usage", "perplexity", "bits_per_pixel",
                 "tokens_per_image", "num_images")
 
 
@@ -57,6 +57,11 @@ def model_card(tokenizer: Tokenizer, name: str, report: dict[str, Any] | None, s
         f"- vocabulary: {tokenizer.vocab_size if tokenizer.vocab_size else 'continuous'}; "
         f"bits per token: {tokenizer.bits_per_token:g}",
     ]
+    if tokenizer.sampling is not None:
+        settings = tokenizer.sampling
+        lines.append(f"- generative decoder: decoding samples ({settings.steps} {settings.solver} steps, guidance "
+                     f"{settings.guidance:g}, seed {settings.seed} by default; `decode(tokens, steps=, guidance=, "
+                     "seed=, solver=)`); the same seed gives the same images")
     if source:
         lines.append(f"- weights: {source}")
     if weights_step is not None:
@@ -77,6 +82,12 @@ def model_card(tokenizer: Tokenizer, name: str, report: dict[str, Any] | None, s
             if report.get(key) is not None:
                 value = report[key]
                 lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
+        if report.get("psnr_over_seeds"):
+            seeds, sampling = report["psnr_over_seeds"], report["sampling"]
+            lines += ["", f"Sampled with {sampling['steps']} {sampling['solver']} steps, guidance "
+                          f"{sampling['guidance']:g}, seed {sampling['seed']}; PSNR over {len(seeds['seeds'])} seeds "
+                          f"{seeds['mean']:.2f} +- {seeds['std']:.2f} dB; against steps: " + ", ".join(
+                              f"{k}: {v['psnr']:.2f} dB" for k, v in report["quality_vs_steps"].items())]
         if report.get("psnr_vs_tokens"):
             lines += ["", "PSNR against tokens: " + ", ".join(f"{k}: {v:.2f} dB" for k, v in
                                                            report["psnr_vs_tokens"].items())]

@@ -51,6 +51,8 @@ class FlowDecoder(Decoder):
         nested_dropout: as the latent-token decoder's: train on random prefixes so any ``k`` decodes.
         guidance_dropout: fraction of training images decoded with no tokens (classifier-free guidance).
         time_distribution: ``logit_normal`` or ``uniform`` training times.
+        time_mean, time_std: the logit-normal's location and scale; a positive mean trains more at high noise,
+            where only the tokens tell the image (what makes the encoder learn).
         prediction: what the network outputs, ``image`` (the velocity is derived) or ``velocity``.
         loss_weighting: ``image`` (the velocity error weighted by ``t**2``: the image estimate's error, so the
             noisiest times, where only the tokens tell the image, count as much as the others; a tokenizer's
@@ -67,7 +69,8 @@ class FlowDecoder(Decoder):
     def __init__(self, num_tokens: int = 128, in_dim: int = 12, out_channels: int = 3, patch_size: int = 16,
                  width: int = 512, depth: int = 8, heads: int = 8, mlp_ratio: float = 4.0, position: str = "learned",
                  image_size: int = 256, token_positions: bool = True, nested_dropout: dict[str, Any] | None = None,
-                 guidance_dropout: float = 0.1, time_distribution: str = "logit_normal", prediction: str = "image",
+                 guidance_dropout: float = 0.1, time_distribution: str = "logit_normal", time_mean: float = 0.0,
+                 time_std: float = 1.0, prediction: str = "image",
                  loss_weighting: str = "image", min_time: float = 0.05, sampling: dict[str, Any] | None = None,
                  condition_dim: int | None = None, condition_tokens: int = 4) -> None:
         super().__init__()
@@ -86,6 +89,7 @@ class FlowDecoder(Decoder):
         self.grid = patch_grid(image_size, patch_size)
         self.fixed_size = image_size
         self.guidance_dropout, self.time_distribution = guidance_dropout, time_distribution
+        self.time_mean, self.time_std = time_mean, time_std
         self.sampling = SamplerSettings(**(sampling or {}))
         self.from_tokens = nn.Linear(in_dim, width)
         self.mask_token = init_token((width,))
@@ -157,7 +161,8 @@ class FlowDecoder(Decoder):
             lengths = torch.where(dropped, torch.zeros_like(full), full)
         condition = self.embed_tokens(latents, lengths)
         where = device if generator is None else "cpu"
-        t = sample_times(batch, self.time_distribution, device=where, generator=generator).to(device)
+        t = sample_times(batch, self.time_distribution, device=where, generator=generator, mean=self.time_mean,
+                         std=self.time_std).to(device)
         noise = torch.randn(images.shape, generator=generator, device=where).to(device, images.dtype)
         keep = block_indices(features)
         kept: dict[int, Tensor] = {}
