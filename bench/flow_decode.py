@@ -68,10 +68,11 @@ def main() -> None:
                 print(f"| {steps} | {solver} | {args.batch / seconds:,.1f} | {seconds / one_pass:.1f} |")
         steps = 16
         batched = best_seconds(lambda: flow.decode(tokens, steps=steps), args.repeats)
-        single = [flow.decode_indices(tokens.indices[i: i + 1], steps=steps) for i in range(2)]  # warm-up
+        for i in range(2):  # warm-up
+            flow.decode_indices(tokens.indices[i: i + 1], steps=steps)
         start = time.perf_counter()
         for i in range(args.batch):
-            single = flow.decode_indices(tokens.indices[i: i + 1], steps=steps)
+            flow.decode_indices(tokens.indices[i: i + 1], steps=steps)
         one_by_one = time.perf_counter() - start
         guided = best_seconds(lambda: flow.decode(tokens, steps=steps, guidance=2.0), args.repeats)
     print(f"{steps} Euler steps: one batched call {args.batch / batched:,.1f} images/s, one image per call "

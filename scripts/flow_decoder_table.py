@@ -27,7 +27,9 @@ def main(outputs: Path) -> None:
         reports = [json.loads(p.read_text()) for p in sorted(outputs.glob(f"{preset}_seed*/report.json"))]
         if not reports:
             continue
-        get = lambda key: [r[key] for r in reports]  # noqa: E731
+        def get(key: str, reports: list[dict] = reports) -> list[float]:
+            return [r[key] for r in reports]
+
         trained = [r.get("train_steps", 0) for r in reports]
         rows.append(f"| {label} | {len(reports)} | {spread(get('psnr'))} dB | {spread(get('ssim'), 3)} | "
                     f"{spread(get('sharpness'))} | {np.mean(get('decode_images_per_second')):.0f} | "
@@ -47,7 +49,8 @@ def main(outputs: Path) -> None:
                              if r.get("val/decoder_loss")]
                 print(f"{run.name}: held-out flow loss " + ", ".join(f"step {s}: {v:.4f}" for s, v in curve))
             seeds = [r["psnr_over_seeds"]["std"] for r in reports]
-            print(f"flow decoder: PSNR spread over sampling seeds (one model), mean over models {np.mean(seeds):.3f} dB")
+            print(f"flow decoder: PSNR spread over sampling seeds (one model), mean over models "
+                  f"{np.mean(seeds):.3f} dB")
     print("| decoder | training seeds | test PSNR | SSIM | sharpness | decode images/s | training steps |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))

@@ -257,3 +257,17 @@ def test_a_deterministic_tokenizer_reports_no_sampling():
                                  image_size=32), image_size=32).eval()
     report, *_ = evaluate(tok, [{"image": images(2)}], baselines=False, sampling={"seeds": 2})
     assert "sampling" not in report and "psnr_over_seeds" not in report
+
+
+def test_bf16_autocast_trains_and_samples_with_an_fp32_ode_state():
+    tok, x = flow_tokenizer(), images(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = tok.train()(x).decoder_losses["flow"]
+        tok.eval()
+        with torch.no_grad():
+            low = tok.decode(tok.encode(x))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert low.dtype == torch.float32  # the sampler integrates in fp32 whatever the network's precision
+    with torch.no_grad():
+        full = tok.decode(tok.encode(x))
+    assert (low - full).abs().mean() < 0.05

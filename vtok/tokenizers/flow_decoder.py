@@ -137,10 +137,9 @@ class FlowDecoder(Decoder):
         patches, rope = self.positions(patches, self.grid, extra_before=self.num_tokens)
         hidden, kept = self.transformer(torch.cat([condition, patches], dim=1), self.time(t).to(condition.dtype),
                                         rope, keep=tuple(keep))
-        out = unpatchify(self.to_pixels(hidden[:, self.num_tokens:]), self.grid, self.patch_size)
-        if self.prediction == "image":
-            t = t.clamp(min=self.min_time).view(-1, 1, 1, 1).to(out.dtype)
-            out = (noisy.to(out.dtype) - out) / t
+        out = unpatchify(self.to_pixels(hidden[:, self.num_tokens:]), self.grid, self.patch_size).float()
+        if self.prediction == "image":  # in fp32 under autocast: the division by a small t magnifies rounding
+            out = (noisy.float() - out) / t.float().clamp(min=self.min_time).view(-1, 1, 1, 1)
         return out, {i: h[:, self.num_tokens:].unflatten(1, self.grid) for i, h in kept.items()}
 
     # ---------------------------------------------------------------------------------------------- training
@@ -190,7 +189,7 @@ class FlowDecoder(Decoder):
         batch = latents.shape[0]
         cpu = torch.Generator().manual_seed(settings.seed)
         shape = (batch, self.out_channels, *(g * self.patch_size for g in self.grid))
-        noise = torch.randn(shape, generator=cpu).to(latents.device, tokens.dtype)
+        noise = torch.randn(shape, generator=cpu).to(latents.device)  # the ODE state stays fp32 under autocast
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             if scale == 1.0:
