@@ -48,9 +48,9 @@ LAYERS: tuple[Layer, ...] = (
           "`data/datamodule.py` imports Lightning); the checks a run config passes before anything is built",
           "Lightning"),
     Layer(5, "evaluation and export",
-          ("vtok.eval", "vtok.hub", "vtok.import_published"),
+          ("vtok.eval", "vtok.hub", "vtok.import_published", "vtok.probe"),
           "metrics, rFID, baselines, reports; export (with an ETT run's LLM bridge, or as a diffusers folder) and "
-          "model cards; `vtok-import`",
+          "model cards; `vtok-import`; the autoregressive probe's prior and entropy coding",
           "no Lightning"),
     Layer(6, "entry points",
           ("train", "vtok.experiment", "vtok.eval.__main__", "vtok.llm.caption"),
