@@ -112,6 +112,7 @@ COMMANDS = {
     "weights": ([sys.executable, "-m", "vtok.weights", "--help"], "out  (str, required)"),
     "caption": ([sys.executable, "-m", "vtok.llm.caption", "--help"], "images  (list[str], required)"),
     "import": ([sys.executable, "-m", "vtok.import_published", "--help"], "format  (str, default 'auto')"),
+    "probe": ([sys.executable, "-m", "vtok.probe", "--help"], "train_images"),
 }
 
 

@@ -67,3 +67,50 @@ def test_a_sequence_coded_with_the_prior_decodes_back_from_its_own_prefix():
 
     assert torch.equal(decode_sequence(data, length, lambda prefix: prior.next_probabilities(prefix, length)), ids)
     assert abs(8 * len(data) - float(prior.bits(ids[None]))) < 0.02 * float(prior.bits(ids[None])) + 64
+
+
+def _probe(tmp_path, ckpt, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    from vtok.probe.__main__ import run
+
+    from .conftest import ROOT
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name="probe", overrides=[
+            f"ckpt={ckpt}", "data=synthetic", f"paths.root_dir={tmp_path}", f"out={tmp_path / 'probe'}",
+            "probe.train_images=64", "probe.width=32", "probe.depth=1", "probe.heads=2", "probe.batch_size=8",
+            "probe.samples=2", "probe.save_every=5", *overrides])
+    return run(cfg)
+
+
+def test_the_probe_command_measures_codes_and_resumes_exactly(tmp_path):
+    from vtok import Tokenizer
+
+    from .conftest import tiny_tokenizer_config
+
+    torch.manual_seed(0)
+    folder = tmp_path / "tok"
+    Tokenizer(**tiny_tokenizer_config()).save_pretrained(str(folder))
+    report = _probe(tmp_path / "a", folder, "probe.steps=10")
+    assert report["images"] == 16 and report["verified_round_trips"] == 16  # every held-out image decoded back
+    assert report["coding_overhead"] < 0.01 + 64 * report["images"] / (report["bits_per_token"] * report["tokens"])
+    assert report["raw_bits_per_pixel"] == pytest.approx(6 / 16)  # 64 codes, one token per 4x4 pixels
+    assert (tmp_path / "a/probe/samples.png").exists()
+    # stopped after 5 of 10 steps, then rerun: it resumes at step 5 and ends where the uninterrupted run did
+    _probe(tmp_path / "b", folder, "probe.steps=10", "probe.max_steps_this_call=5")
+    resumed = _probe(tmp_path / "b", folder, "probe.steps=10")
+    assert resumed["steps_this_call"] == 5
+    assert resumed["bits_per_token"] == report["bits_per_token"]
+
+
+def test_the_probe_refuses_a_continuous_tokenizer(tmp_path):
+    from vtok import Tokenizer
+
+    from .conftest import tiny_tokenizer_config
+
+    config = tiny_tokenizer_config()
+    config["quantizer"] = {"kind": "continuous"}
+    Tokenizer(**config).save_pretrained(str(tmp_path / "tok"))
+    with pytest.raises(ValueError, match="continuous tokenizer"):
+        _probe(tmp_path, tmp_path / "tok", "probe.steps=1")

@@ -53,9 +53,9 @@ LAYERS: tuple[Layer, ...] = (
           "model cards; `vtok-import`; the autoregressive probe's prior and entropy coding",
           "no Lightning"),
     Layer(6, "entry points",
-          ("train", "vtok.experiment", "vtok.eval.__main__", "vtok.llm.caption"),
-          "train then evaluate; `python -m vtok.eval`; `python -m vtok.llm.caption` (the other commands live in their "
-          "layer's module and parse their keys with `vtok.cli`)",
+          ("train", "vtok.experiment", "vtok.eval.__main__", "vtok.probe.__main__", "vtok.llm.caption"),
+          "train then evaluate; `python -m vtok.eval`; `python -m vtok.probe`; `python -m vtok.llm.caption` (the "
+          "other commands live in their layer's module and parse their keys with `vtok.cli`)",
           "Hydra"),
 )
 
@@ -63,7 +63,8 @@ LAYERS: tuple[Layer, ...] = (
 ONLY_IN: dict[str, tuple[str, ...]] = {
     "lightning": ("vtok.training", "vtok.data.datamodule"),
     "pytorch_lightning": (),
-    "hydra": ("vtok.cli", "vtok.config", "vtok.training.run", "vtok.weights", "vtok.eval.__main__", "train"),
+    "hydra": ("vtok.cli", "vtok.config", "vtok.training.run", "vtok.weights", "vtok.eval.__main__",
+              "vtok.probe.__main__", "train"),
     "torch.distributed": ("vtok.distributed",),
 }
 
