@@ -136,3 +136,17 @@ def test_sharpness_is_one_for_the_original_below_for_a_blur_above_for_noise():
     assert torch.allclose(sharpness(image, image), torch.ones(2))
     assert (sharpness(blurred, image) < 0.5).all()
     assert (sharpness(noisy, image) > 1.5).all()
+
+
+def test_codecs_at_a_psnr_take_the_lowest_quality_reaching_it():
+    from vtok.eval.baselines import codec_at_psnr, codec_roundtrip
+
+    torch.manual_seed(0)
+    image = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8) * 2 - 1, size=64, mode="bicubic")[0].clamp(-1, 1)
+    for codec in ("jpeg", "webp"):
+        result = codec_at_psnr([image], [30.0], codec)
+        quality = int(result.setting.split("[")[1].rstrip("]"))
+        assert result.psnr >= 30.0
+        below, _ = codec_roundtrip(image, quality - 1, codec)
+        assert float(psnr(below[None], image[None])) < 30.0  # one quality lower misses it
+        assert codec_at_psnr([image], [40.0], codec).bits_per_pixel > result.bits_per_pixel

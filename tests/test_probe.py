@@ -97,6 +97,10 @@ def test_the_probe_command_measures_codes_and_resumes_exactly(tmp_path):
     assert report["coding_overhead"] < 0.01 + 64 * report["images"] / (report["bits_per_token"] * report["tokens"])
     assert report["raw_bits_per_pixel"] == pytest.approx(6 / 16)  # 64 codes, one token per 4x4 pixels
     assert (tmp_path / "a/probe/samples.png").exists()
+    rd = report["rate_distortion"]
+    assert rd["tokenizer"]["coded_bits_per_pixel"] == report["coded_bits_per_pixel"]
+    for codec in ("jpeg", "webp"):  # each image at the lowest quality reaching the tokenizer's PSNR on it
+        assert rd[codec]["bits_per_pixel"] > 0 and rd[codec]["psnr"] >= rd["tokenizer"]["psnr"] - 0.5, rd
     # stopped after 5 of 10 steps, then rerun: it resumes at step 5 and ends where the uninterrupted run did
     _probe(tmp_path / "b", folder, "probe.steps=10", "probe.max_steps_this_call=5")
     resumed = _probe(tmp_path / "b", folder, "probe.steps=10")

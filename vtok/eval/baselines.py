@@ -1,6 +1,8 @@
 """Codecs to compare a tokenizer against at the same bits per pixel.
 
 * Pillow's JPEG, with the quality whose file size is nearest the target bits per pixel (per image).
+* JPEG or WebP at the same quality instead: per image, the smallest file whose PSNR reaches a target (the rate a
+  codec needs for a tokenizer's PSNR, for rate-distortion tables).
 * A tokenizer that learns nothing: each ``p x p`` patch averaged to one colour, quantised to ``b`` bits per
   channel (``3b`` bits per token) and decoded by bicubic upsampling.
 """
@@ -27,14 +29,43 @@ class BaselineResult:
     setting: str
 
 
-def jpeg_roundtrip(image: Tensor, quality: int) -> tuple[Tensor, float]:
-    """``(3, H, W)`` image in ``[-1, 1]`` -> (JPEG-decoded image, bits per pixel of the file)."""
+CODECS = {"jpeg": {"format": "JPEG", "optimize": True}, "webp": {"format": "WEBP", "method": 6}}
+
+
+def codec_roundtrip(image: Tensor, quality: int, codec: str = "jpeg") -> tuple[Tensor, float]:
+    """``(3, H, W)`` image in ``[-1, 1]`` -> (the image through Pillow's ``codec`` at ``quality``, bits per pixel of
+    the file)."""
     pil = Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy())
     buffer = io.BytesIO()
-    pil.save(buffer, format="JPEG", quality=quality, optimize=True)
+    pil.save(buffer, quality=quality, **CODECS[codec])
     bpp = 8 * buffer.tell() / (image.shape[1] * image.shape[2])
     buffer.seek(0)
     return to_tensor(Image.open(buffer).convert("RGB")), bpp
+
+
+def jpeg_roundtrip(image: Tensor, quality: int) -> tuple[Tensor, float]:
+    """``(3, H, W)`` image in ``[-1, 1]`` -> (JPEG-decoded image, bits per pixel of the file)."""
+    return codec_roundtrip(image, quality, "jpeg")
+
+
+def codec_at_psnr(images: list[Tensor], targets: list[float], codec: str = "jpeg") -> BaselineResult:
+    """Mean bits per pixel (and PSNR) of ``codec`` when each ``(3, H, W)`` image gets the lowest quality (1..100)
+    whose PSNR reaches its target; an image no quality reaches gets quality 100."""
+    rates, scores, qualities = [], [], []
+    for image, target in zip(images, targets):
+        low, high = 1, 100
+        while low < high:  # PSNR rises with quality (nearly monotone): bisect for the lowest quality reaching it
+            middle = (low + high) // 2
+            decoded, _ = codec_roundtrip(image, middle, codec)
+            if float(psnr(decoded[None], image[None])) >= target:
+                high = middle
+            else:
+                low = middle + 1
+        decoded, bpp = codec_roundtrip(image, low, codec)
+        rates.append(bpp)
+        scores.append(float(psnr(decoded[None], image[None])))
+        qualities.append(low)
+    return BaselineResult(float(np.mean(scores)), float(np.mean(rates)), f"{codec} quality per image {qualities}")
 
 
 def jpeg_at_bpp(images: list[Tensor], target_bpp: float) -> BaselineResult:

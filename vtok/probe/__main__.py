@@ -65,6 +65,7 @@ def run(cfg: DictConfig) -> dict:
     trained = train_prior(prior, train, p.steps, p.batch_size, p.lr, p.warmup_steps, state, p.save_every, cfg.seed,
                           device, p.get("max_steps_this_call"))
     figures = measure(prior, held_out, held_pixels, p.verify_images, device)
+    figures["rate_distortion"] = rate_distortion(tokenizer, held_images, figures, device)
     grid = tokenizer.encode(held_images[0][None].to(device)).indices.shape[1:]
     samples = write_samples(tokenizer, sample(prior, length, p.samples, p.temperature, cfg.seed, device), grid,
                             out / "samples.png")
@@ -81,8 +82,33 @@ def run(cfg: DictConfig) -> dict:
           f"(raw {tokenizer.bits_per_token:.2f}); {figures['bits_per_pixel_under_prior']:.4f} bpp under the prior, "
           f"{figures['coded_bits_per_pixel']:.4f} bpp coded ({figures['coded_bytes_per_image']:.1f} bytes per image, "
           f"{figures['verified_round_trips']} round trips exact), raw {report['raw_bits_per_pixel']:.4f} bpp")
+    rd = figures["rate_distortion"]
+    print(f"at the tokenizer's {rd['tokenizer']['psnr']:.2f} dB: JPEG needs {rd['jpeg']['bits_per_pixel']:.4f} bpp, "
+          f"WebP {rd['webp']['bits_per_pixel']:.4f} bpp")
     print(f"report: {out / 'probe_report.json'}\nsamples: {samples}")
     return report
+
+
+def rate_distortion(tokenizer, images: list, figures: dict, device: torch.device) -> dict:
+    """The tokenizer's held-out PSNR at its three rates (raw, under the prior, coded), and the rate JPEG and WebP
+    (Pillow) need for the same PSNR on each image."""
+    from vtok.eval.baselines import codec_at_psnr
+    from vtok.eval.metrics import psnr
+
+    scores = []
+    with torch.no_grad():
+        for image in images:
+            x = image[None].to(device)
+            scores.append(float(psnr(tokenizer.decode(tokenizer.encode(x)).clamp(-1, 1), x)))
+    out = {"tokenizer": {"psnr": sum(scores) / len(scores),
+                         "raw_bits_per_pixel": tokenizer.num_tokens(int(images[0].shape[-1])) *
+                         tokenizer.bits_per_token / (images[0].shape[-1] * images[0].shape[-2]),
+                         "bits_per_pixel_under_prior": figures["bits_per_pixel_under_prior"],
+                         "coded_bits_per_pixel": figures["coded_bits_per_pixel"]}}
+    for codec in ("jpeg", "webp"):
+        result = codec_at_psnr(images, scores, codec)
+        out[codec] = {"psnr": result.psnr, "bits_per_pixel": result.bits_per_pixel, "setting": result.setting}
+    return out
 
 
 def main() -> None:
