@@ -55,7 +55,8 @@ def test_readme_semantic_toy_commands_run_offline(command, tmp_path):
 @pytest.mark.slow
 def test_quickstart_cli_writes_report_and_picture(tmp_path):
     result = _run(["experiment=quickstart", "trainer.max_steps=12", "trainer.val_check_interval=6",
-                   "quantizer.codebook_size=256", *TOY], tmp_path)
+                   "quantizer.codebook_size=256", "eval.ar_probe=true", "probe.steps=5", "probe.train_images=32",
+                   "probe.width=32", "probe.depth=1", "probe.heads=2", "probe.samples=2", *TOY], tmp_path)
     run_dir = tmp_path / "outputs" / "quickstart"
     assert f"report: {run_dir / 'report.json'}" in result.stdout
     assert "held-out PSNR" in result.stdout and "trained 12 steps" in result.stdout
@@ -68,6 +69,11 @@ def test_quickstart_cli_writes_report_and_picture(tmp_path):
     assert 0 < report["codebook_usage_train"] <= 1 and report["perplexity_train"] >= 1
     assert report["bits_per_pixel"] == pytest.approx(8 / 64)  # 256 codes = 8 bits per 8x8 token
     assert (run_dir / "reconstructions.png").stat().st_size > 0
+    # eval.ar_probe=true: the prior on the tokens, on the 5 validation photos centre-cropped to 64 px
+    probe = json.loads((run_dir / "probe" / "probe_report.json").read_text())
+    assert f"probe report: {run_dir / 'probe' / 'probe_report.json'}" in result.stdout
+    assert probe["images"] == probe["verified_round_trips"] == 5 and probe["train_steps"] == 12
+    assert probe["raw_bits_per_pixel"] == pytest.approx(8 / 64) and probe["coded_bits_per_pixel"] > 0
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (tmp_path / "data" / "samples" / "manifest.json").exists()  # sample shards written once
     # a second run in the same directory starts afresh (overwrite=true) and keeps the old checkpoints aside

@@ -69,6 +69,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                    "codebook_usage_train": _float(trainer.callback_metrics.get("train/codebook_usage")),
                    "perplexity_train": _float(trainer.callback_metrics.get("train/codebook_perplexity"))},
         )
+    if cfg.evaluate and cfg.eval.get("ar_probe"):  # the autoregressive probe, on rank 0 (it runs on one process)
+        from vtok.probe.__main__ import probe_tokenizer
+
+        tokenizer = module.full_eval_tokenizer().to(module.device).eval()  # a collective under FSDP: every rank
+        if trainer.is_global_zero:
+            about = {"checkpoint": result["checkpoint"], "train_steps": result["train_steps"]}
+            result["probe"] = probe_tokenizer(tokenizer, cfg, Path(cfg.paths.run_dir) / "probe", module.device, about)
     return result
 
 

@@ -20,26 +20,35 @@ log = logging.getLogger("vtok.probe")
 
 
 def run(cfg: DictConfig) -> dict:
-    """Encode, train the prior, measure; writes ``probe_report.json`` and ``samples.png``; returns the report."""
-    from hydra.utils import instantiate
-
+    """Load ``cfg.ckpt`` and probe it (:func:`probe_tokenizer`); returns the report."""
     from vtok.checkpoint import load_tokenizer
-    from vtok.data.validation import build_dataset, validation_loader
     from vtok.eval.__main__ import default_out_dir
-
-    from .prior import TokenPrior
-    from .run import encode_images, measure, sample, train_prior, weights_key, write_samples
 
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     tokenizer, source = load_tokenizer(cfg.ckpt, weights=cfg.weights)
-    tokenizer = tokenizer.to(device).eval()
-    if tokenizer.vocab_size is None:
-        raise ValueError(f"{cfg.ckpt} is a continuous tokenizer: the probe models discrete token ids")
-    p = cfg.probe
     out = Path(cfg.out) if cfg.out else default_out_dir(Path(str(cfg.ckpt)), Path(cfg.paths.output_dir)).with_name(
         "probe")
+    return probe_tokenizer(tokenizer.to(device).eval(), cfg, out, device, {"checkpoint": str(cfg.ckpt),
+                                                                           "weights": source})
+
+
+def probe_tokenizer(tokenizer, cfg: DictConfig, out: Path, device: torch.device, extra: dict | None = None) -> dict:
+    """Encode ``cfg.data``'s training stream (cached), train the prior ``cfg.probe`` describes (resumable), measure
+    the held-out split; writes ``probe_report.json`` and ``samples.png`` into ``out`` and returns the report.
+    Held-out images are centre-cropped to ``data.image_size`` whatever ``data.val_crop`` says (one token grid)."""
+    from hydra.utils import instantiate
+
+    from vtok.data.validation import build_dataset, validation_loader
+
+    from .prior import TokenPrior
+    from .run import encode_images, measure, sample, train_prior, weights_key, write_samples
+
+    if tokenizer.vocab_size is None:
+        raise ValueError("this is a continuous tokenizer: the probe models discrete token ids")
+    cfg = OmegaConf.merge(cfg, {"data": {"val_crop": "center"}})
+    p = cfg.probe
     out.mkdir(parents=True, exist_ok=True)
     if cfg.data.get("prepare") is not None:
         instantiate(cfg.data.prepare)()
@@ -60,32 +69,32 @@ def run(cfg: DictConfig) -> dict:
                                                        "encoding held-out images")
     length = max(len(s) for s in [*train, *held_out])
     prior = TokenPrior(tokenizer.vocab_size, length, p.width, p.depth, p.heads).to(device)
-    settings = OmegaConf.to_container(p, resolve=True)
     state = out / f"prior_state-{key}.pt"
-    trained = train_prior(prior, train, p.steps, p.batch_size, p.lr, p.warmup_steps, state, p.save_every, cfg.seed,
-                          device, p.get("max_steps_this_call"))
+    trained = train_prior(prior, train, p.steps, p.batch_size, p.lr, p.warmup_steps, state, p.save_every,
+                          cfg.get("seed", 0), device, p.get("max_steps_this_call"))
     figures = measure(prior, held_out, held_pixels, p.verify_images, device)
     figures["rate_distortion"] = rate_distortion(tokenizer, held_images, figures, device)
     grid = tokenizer.encode(held_images[0][None].to(device)).indices.shape[1:]
-    samples = write_samples(tokenizer, sample(prior, length, p.samples, p.temperature, cfg.seed, device), grid,
-                            out / "samples.png")
+    samples = write_samples(tokenizer, sample(prior, length, p.samples, p.temperature, cfg.get("seed", 0), device),
+                            grid, out / "samples.png")
     report = {
-        "checkpoint": str(cfg.ckpt), "weights": source, "weights_key": key, "probe": settings,
-        "train_sequences": len(train), "steps_this_call": trained, "prior_parameters": sum(
-            q.numel() for q in prior.parameters()),
-        "raw_bits_per_pixel": tokenizer.num_tokens(int(held_images[0].shape[-1])) * tokenizer.bits_per_token
-        / held_pixels,
+        **(extra or {}), "weights_key": key, "probe": OmegaConf.to_container(p, resolve=True),
+        "split": p.split, "train_sequences": len(train), "steps_this_call": trained,
+        "prior_parameters": sum(q.numel() for q in prior.parameters()),
+        "raw_bits_per_pixel": figures["rate_distortion"]["tokenizer"]["raw_bits_per_pixel"],
         **figures, "samples_path": str(samples),
     }
-    (out / "probe_report.json").write_text(json.dumps(report, indent=2))
-    print(f"held-out: {figures['bits_per_token']:.3f} bits per token under the prior "
+    report_path = out / "probe_report.json"
+    report["report_path"] = str(report_path)
+    report_path.write_text(json.dumps(report, indent=2))
+    rd = figures["rate_distortion"]
+    print(f"probe, held-out: {figures['bits_per_token']:.3f} bits per token under the prior "
           f"(raw {tokenizer.bits_per_token:.2f}); {figures['bits_per_pixel_under_prior']:.4f} bpp under the prior, "
           f"{figures['coded_bits_per_pixel']:.4f} bpp coded ({figures['coded_bytes_per_image']:.1f} bytes per image, "
           f"{figures['verified_round_trips']} round trips exact), raw {report['raw_bits_per_pixel']:.4f} bpp")
-    rd = figures["rate_distortion"]
     print(f"at the tokenizer's {rd['tokenizer']['psnr']:.2f} dB: JPEG needs {rd['jpeg']['bits_per_pixel']:.4f} bpp, "
           f"WebP {rd['webp']['bits_per_pixel']:.4f} bpp")
-    print(f"report: {out / 'probe_report.json'}\nsamples: {samples}")
+    print(f"probe report: {report_path}\nsamples: {samples}")
     return report
 
 
