@@ -5,6 +5,7 @@ This is the one module that imports both :mod:`vtok.training` and :mod:`vtok.eva
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ from omegaconf import DictConfig
 from vtok.eval.protocol import evaluate_from_config
 from vtok.exit_deadline import install_exit_deadline, stop_child_processes
 from vtok.training.run import fit
+
+# what report.json keeps of the probe (the whole report is RUN/probe/probe_report.json)
+PROBE_FIGURES = ("bits_per_token", "bits_per_pixel_under_prior", "coded_bits_per_pixel", "coded_bytes_per_image",
+                 "raw_bits_per_pixel", "verified_round_trips", "images", "rate_distortion", "probe", "report_path")
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             about = {"checkpoint": result["checkpoint"], "train_steps": result["train_steps"]}
             result["probe"] = probe_tokenizer(tokenizer, cfg, Path(cfg.paths.run_dir) / "probe", module.device, about)
+            report = result.get("report")
+            if report and report.get("report_path"):  # beside the reconstruction figures (and so in a model card)
+                report["ar_probe"] = {k: result["probe"][k] for k in PROBE_FIGURES}
+                Path(report["report_path"]).write_text(json.dumps(report, indent=2))
     return result
 
 

@@ -91,6 +91,21 @@ def model_card(tokenizer: Tokenizer, name: str, report: dict[str, Any] | None, s
         if report.get("psnr_vs_tokens"):
             lines += ["", "PSNR against tokens: " + ", ".join(f"{k}: {v:.2f} dB" for k, v in
                                                            report["psnr_vs_tokens"].items())]
+        if report.get("ar_probe"):
+            probe, rd = report["ar_probe"], report["ar_probe"]["rate_distortion"]
+            settings = probe["probe"]
+            lines += ["", "## Autoregressive probe", "",
+                      f"A causal transformer (width {settings['width']}, depth {settings['depth']}, "
+                      f"{settings['steps']} steps on {settings['train_images']} training images) modelling the "
+                      f"tokens, on {probe['images']} held-out images:", "",
+                      "| rate | bits per pixel |", "| --- | --- |",
+                      f"| raw (tokens x bits per token) | {probe['raw_bits_per_pixel']:.4f} |",
+                      f"| under the prior ({probe['bits_per_token']:.3f} bits per token) | "
+                      f"{probe['bits_per_pixel_under_prior']:.4f} |",
+                      f"| coded (range coder, every round trip checked) | {probe['coded_bits_per_pixel']:.4f} |",
+                      f"| JPEG at the same PSNR ({rd['tokenizer']['psnr']:.2f} dB) | "
+                      f"{rd['jpeg']['bits_per_pixel']:.4f} |",
+                      f"| WebP at the same PSNR | {rd['webp']['bits_per_pixel']:.4f} |"]
         if report.get("protocol"):
             lines += ["", "Protocol:", "", "```json", json.dumps(report["protocol"], indent=2), "```"]
     else:
