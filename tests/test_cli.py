@@ -74,6 +74,12 @@ def test_quickstart_cli_writes_report_and_picture(tmp_path):
     assert f"probe report: {run_dir / 'probe' / 'probe_report.json'}" in result.stdout
     assert probe["images"] == probe["verified_round_trips"] == 5 and probe["train_steps"] == 12
     assert probe["raw_bits_per_pixel"] == pytest.approx(8 / 64) and probe["coded_bits_per_pixel"] > 0
+    assert report["ar_probe"]["coded_bits_per_pixel"] == probe["coded_bits_per_pixel"]  # report.json keeps it
+    from vtok.checkpoint import load_tokenizer
+    from vtok.hub import model_card
+
+    card = model_card(load_tokenizer(str(run_dir / "checkpoints" / "last.ckpt"))[0], "quickstart", report, None)
+    assert "## Autoregressive probe" in card and "| WebP at the same PSNR |" in card
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (tmp_path / "data" / "samples" / "manifest.json").exists()  # sample shards written once
     # a second run in the same directory starts afresh (overwrite=true) and keeps the old checkpoints aside

@@ -249,6 +249,16 @@ def test_evaluation_reports_settings_seeds_steps_and_a_picture_of_seeds(tmp_path
     assert picture.size == (4 * 192, 3 * 192)  # 4 images; originals above one row per seed
 
 
+def test_a_flow_tokenizers_model_card_says_how_it_samples_and_over_which_seeds(tmp_path):
+    from vtok.hub import model_card
+
+    tok = flow_tokenizer()
+    report = evaluate_to_dir(tok, [{"image": images(2)}], tmp_path, baselines=False, sampling={"seeds": 2})
+    card = model_card(tok, "flow", report, None)
+    assert "generative decoder: decoding samples (4 euler steps, guidance 1, seed 0" in card
+    assert "PSNR over 2 seeds" in card
+
+
 def test_a_deterministic_tokenizer_reports_no_sampling():
     tok = Tokenizer(encoder=dict(kind="latent_tokens", num_tokens=4, patch_size=8, width=16, depth=1, heads=2,
                                  out_dim=4, image_size=32),
