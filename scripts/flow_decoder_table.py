@@ -44,7 +44,7 @@ def main(outputs: Path) -> None:
                 f"({np.mean([r['quality_vs_steps'][k]['images_per_second'] for r in reports]):.0f} img/s)"
                 for k in steps) + " |"))
             for run in sorted(outputs.glob(f"{preset}_seed*")):  # held-out flow loss at fixed noise, by step
-                with open(next(run.glob("csv/version_*/metrics.csv"))) as f:
+                with open(sorted(run.glob("csv/version_*/metrics.csv"))[-1]) as f:
                     curve = [(int(r["step"]), float(r["val/decoder_loss"])) for r in csv.DictReader(f)
                              if r.get("val/decoder_loss")]
                 print(f"{run.name}: held-out flow loss " + ", ".join(f"step {s}: {v:.4f}" for s, v in curve))
