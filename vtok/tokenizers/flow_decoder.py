@@ -29,7 +29,7 @@ from vtok.modules.flow import WEIGHTINGS, SamplerSettings, flow_loss, guided, in
 from vtok.modules.patches import PatchPositions, unpatchify
 from vtok.modules.transformer import block_indices, init_token, patch_grid
 
-from .nested_dropout import NestedDropout
+from .nested_dropout import NestedDropout, keep_prefixes
 from .parts import Decoder, DecoderLoss, check_condition
 from .registry import DECODERS
 
@@ -118,15 +118,9 @@ class FlowDecoder(Decoder):
         """``(B, *layout, in_dim)`` -> ``(B, num_tokens, width)``: positions past ``lengths[b]`` (and past the
         layout) hold the mask token; ``lengths = 0`` is the "no tokens" condition."""
         tokens = latents.flatten(1, -2)
-        batch, k, _ = tokens.shape
-        if k > self.num_tokens:
-            raise ValueError(f"got {k} tokens, the flow decoder reads at most {self.num_tokens}")
-        x = self.from_tokens(tokens)
-        mask = self.mask_token.to(x.dtype)
-        x = torch.cat([x, mask.expand(batch, self.num_tokens - k, -1)], dim=1)
-        if lengths is not None:
-            kept = torch.arange(self.num_tokens, device=x.device)[None] < lengths.to(x.device)[:, None]
-            x = torch.where(kept[..., None], x, mask)
+        if tokens.shape[1] > self.num_tokens:
+            raise ValueError(f"got {tokens.shape[1]} tokens, the flow decoder reads at most {self.num_tokens}")
+        x = keep_prefixes(self.from_tokens(tokens), self.mask_token, self.num_tokens, lengths)
         return x + self.token_positions.to(x.dtype) if self.token_positions is not None else x
 
     def velocity(self, noisy: Tensor, t: Tensor, condition: Tensor, keep: Collection[int] = ()

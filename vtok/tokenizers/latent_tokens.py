@@ -19,7 +19,7 @@ from vtok.modules.conditioning import ConditionTokens
 from vtok.modules.patches import PatchPositions, unpatchify
 from vtok.modules.transformer import Transformer, block_indices, init_token, patch_grid
 
-from .nested_dropout import NestedDropout
+from .nested_dropout import NestedDropout, keep_prefixes
 from .parts import Decoder, Encoder, check_condition
 from .registry import DECODERS, ENCODERS
 
@@ -130,12 +130,7 @@ class LatentTokenDecoder(Decoder):
         if self.training and self.nested_dropout is not None:
             drawn = self.nested_dropout(batch, tokens.device)
             lengths = drawn if lengths is None else torch.minimum(lengths, drawn)
-        x = self.from_tokens(tokens)
-        mask = self.mask_token.to(x.dtype)
-        x = torch.cat([x, mask.expand(batch, self.num_tokens - k, -1)], dim=1)
-        if lengths is not None:
-            kept = torch.arange(self.num_tokens, device=x.device)[None] < lengths.to(x.device)[:, None]
-            x = torch.where(kept[..., None], x, mask)
+        x = keep_prefixes(self.from_tokens(tokens), self.mask_token, self.num_tokens, lengths)
         x = x + self.token_positions.to(x.dtype)
         extra = [self.condition(condition.to(x.dtype))] if self.condition is not None else []
         before = self.num_tokens + sum(e.shape[1] for e in extra)

@@ -53,3 +53,15 @@ def budget_ladder(max_tokens: int) -> list[int]:
         ladder.append(k)
         k *= 2
     return [*ladder, max_tokens]
+
+
+def keep_prefixes(tokens: Tensor, mask: Tensor, total: int, lengths: Tensor | None = None) -> Tensor:
+    """``(B, k, D)`` tokens -> ``(B, total, D)``: positions from ``k`` on, and from ``lengths[b]`` on for image ``b``,
+    hold the ``(D,)`` mask token, which is what a decoder reads for "not sent"."""
+    batch, k, _ = tokens.shape
+    mask = mask.to(tokens.dtype)
+    x = torch.cat([tokens, mask.expand(batch, total - k, -1)], dim=1)
+    if lengths is not None:
+        kept = torch.arange(total, device=x.device)[None] < lengths.to(x.device)[:, None]
+        x = torch.where(kept[..., None], x, mask)
+    return x
