@@ -1,40 +1,31 @@
 #!/usr/bin/env bash
-# The autoregressive probe on the quick start: the full recipe (555 s) trained, evaluated and probed
-# (eval.ar_probe=true), then one change at a time: 512 against 4,096 codes, each trained for a shorter budget and
-# probed with the same prior settings. Prints the README's rate-distortion table and the comparison.
-#   bash scripts/probe_quickstart.sh [extra overrides for every run]
+# The autoregressive probe on the quick start.
+#   bash scripts/probe_quickstart.sh table    the full recipe (555 s) trained, evaluated and probed
+#                                            (eval.ar_probe=true): the README's rate-distortion table
+#   bash scripts/probe_quickstart.sh compare  one change: 512 against 4,096 codes, each trained for STEPS steps
+#                                            (a step count, not a time budget, so a busy machine changes nothing)
+#                                            over SEEDS, each probed with the same prior settings
+# Extra arguments after the mode go to every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-$PY train.py experiment=quickstart eval.ar_probe=true probe.split=test run_name=quickstart_probe "$@"
-for codes in 512 4096; do
-    $PY train.py experiment=quickstart eval.ar_probe=true probe.split=test quantizer.codebook_size=$codes module.time_budget=150 \
-        run_name=quickstart_codes$codes "$@"
-done
-$PY - <<'PY'
-import json
-from pathlib import Path
-
-def show(run):
-    report = json.loads(Path(f"outputs/{run}/report.json").read_text())
-    probe = json.loads(Path(f"outputs/{run}/probe/probe_report.json").read_text())
-    return report, probe
-
-report, probe = show("quickstart_probe")
-rd = probe["rate_distortion"]
-print(f"quick start, {probe['images']} held-out photos centre-cropped to 64 px ({probe['split']}), "
-      f"tokenizer PSNR {rd['tokenizer']['psnr']:.2f} dB:")
-print("| rate | bits per pixel |\n| --- | --- |")
-print(f"| tokens x log2(512), raw | {probe['raw_bits_per_pixel']:.4f} |")
-print(f"| under the prior ({probe['bits_per_token']:.3f} bits per token) | {probe['bits_per_pixel_under_prior']:.4f} |")
-print(f"| coded bytes (range coder, {probe['verified_round_trips']} round trips exact) | {probe['coded_bits_per_pixel']:.4f} |")
-print(f"| JPEG at the same PSNR per image | {rd['jpeg']['bits_per_pixel']:.4f} |")
-print(f"| WebP at the same PSNR per image | {rd['webp']['bits_per_pixel']:.4f} |")
-print("\n| codes | test PSNR | held-out probe bits per token | of raw | coded bpp | codebook usage |")
-print("| --- | --- | --- | --- | --- | --- |")
-for codes in (512, 4096):
-    report, probe = show(f"quickstart_codes{codes}")
-    raw = probe["raw_bits_per_pixel"] * 64
-    print(f"| {codes} | {report['psnr']:.2f} dB | {probe['bits_per_token']:.3f} | {probe['bits_per_token'] / raw:.0%} | "
-          f"{probe['coded_bits_per_pixel']:.4f} | {report.get('codebook_usage', 0):.0%} |")
-PY
+MODE=${1:-table}; shift || true
+STEPS=${STEPS:-800}
+SEEDS=${SEEDS:-"0 1 2"}
+if [ "$MODE" = table ]; then
+    $PY train.py experiment=quickstart eval.ar_probe=true probe.split=test run_name=quickstart_probe "$@"
+    $PY scripts/probe_table.py table quickstart_probe
+elif [ "$MODE" = compare ]; then
+    runs=()
+    for codes in 512 4096; do
+        for seed in $SEEDS; do
+            run=quickstart_codes${codes}_seed$seed
+            $PY train.py experiment=quickstart eval.ar_probe=true probe.split=test quantizer.codebook_size=$codes \
+                module.time_budget=null trainer.max_steps=$STEPS seed=$seed run_name=$run "$@"
+            runs+=("$codes:$run")
+        done
+    done
+    $PY scripts/probe_table.py compare "${runs[@]}"
+else
+    echo "usage: $0 table|compare [overrides]" >&2; exit 2
+fi

@@ -163,3 +163,24 @@ def peak_memory_growth_mib(setup: str, work: str, timeout: float = 300) -> float
                             timeout=timeout, env={**__import__("os").environ, "PYTHONPATH": f"{root}:{root / 'tests'}"})
     assert result.returncode == 0, result.stderr[-3000:]
     return float(result.stdout.rsplit("GROWTH_MIB", 1)[1])
+
+
+def write_parquet_split(folder: Path, split: str, images: list[bytes], captions: list[list[str]] | None = None,
+                        files: int = 1) -> list[Path]:
+    """A split of a Hugging Face dataset as ``datasets`` writes it: ``folder/data/SPLIT-0000K-of-0000N.parquet``
+    with an ``image`` column (``datasets.Image``: encoded bytes) and, given captions, a ``captions`` list column."""
+    import datasets
+
+    columns = {"image": [{"bytes": data, "path": None} for data in images]}
+    features = {"image": datasets.Image()}
+    if captions is not None:
+        columns["captions"] = captions
+        features["captions"] = datasets.List(datasets.Value("string"))
+    table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(files):
+        path = folder / "data" / f"{split}-{k:05d}-of-{files:05d}.parquet"
+        table.shard(files, k, contiguous=True).to_parquet(str(path))
+        paths.append(path)
+    return paths

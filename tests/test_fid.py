@@ -66,6 +66,22 @@ def test_fid_of_identical_sets_is_zero_and_of_shifted_sets_matches_scipy(tmp_pat
     assert meter.compute() == pytest.approx(expected, rel=1e-3)
 
 
+def test_generated_sets_of_another_size_are_compared_by_their_statistics():
+    real = _images(200, 0)
+    twice = FIDMeter(feature=PooledFeatures())  # generation FID: 400 samples against 200 references
+    twice.update_reference(real)
+    twice.update_generated(torch.cat([real, real]))
+    assert abs(twice.compute()) < 0.05  # the same distribution (the covariance's n-1 differs slightly)
+    other = FIDMeter(feature=PooledFeatures())
+    other.update_reference(real)
+    shifted = _images(60, 1, shift=0.3)
+    other.update_generated(shifted)
+    extractor = PooledFeatures()
+    with torch.no_grad():
+        a, b = extractor((real + 1) / 2).double().numpy(), extractor((shifted + 1) / 2).double().numpy()
+    assert other.compute() == pytest.approx(_frechet_scipy(a, b), rel=1e-3)
+
+
 def test_reference_statistics_are_cached_and_reused(tmp_path):
     real, fake = _images(64, 0), _images(64, 1, shift=0.2)
     first = FIDMeter(feature=PooledFeatures(), cache_dir=tmp_path, reference={"set": "a"})

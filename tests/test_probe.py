@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
 
@@ -118,3 +121,71 @@ def test_the_probe_refuses_a_continuous_tokenizer(tmp_path):
     Tokenizer(**config).save_pretrained(str(tmp_path / "tok"))
     with pytest.raises(ValueError, match="continuous tokenizer"):
         _probe(tmp_path, tmp_path / "tok", "probe.steps=1")
+
+
+def _compose(tmp_path, ckpt, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    from .conftest import ROOT
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        return compose(config_name="probe", overrides=[
+            f"ckpt={ckpt}", "data=synthetic", f"paths.root_dir={tmp_path}", f"out={tmp_path / 'probe'}",
+            "probe.train_images=64", "probe.width=32", "probe.depth=1", "probe.heads=2", "probe.batch_size=8",
+            "probe.samples=2", "probe.save_every=5", *overrides])
+
+
+def test_generation_fid_compares_prior_samples_with_the_held_out_images(tmp_path):
+    from vtok import Tokenizer
+    from vtok.eval.fid import FIDMeter
+    from vtok.probe.__main__ import probe_tokenizer
+    from vtok.weights import MissingWeightsError
+
+    from .conftest import tiny_tokenizer_config
+    from .test_fid import PooledFeatures
+
+    torch.manual_seed(0)
+    tokenizer = Tokenizer(**tiny_tokenizer_config()).eval()
+    cfg = _compose(tmp_path, "unused", "probe.steps=10", "probe.fid_samples=12", "probe.sample_batch_size=5")
+    report = probe_tokenizer(tokenizer, cfg, tmp_path / "probe", torch.device("cpu"), fid=FIDMeter(
+        feature=PooledFeatures()))
+    assert report["sample_fid_samples"] == 12 and report["sample_fid_reference_images"] == 16
+    assert report["sample_fid"] > 0  # samples of a 10-step prior are not the held-out images
+    assert json.loads((tmp_path / "probe/probe_report.json").read_text())["sample_fid"] == report["sample_fid"]
+    # the Inception file is looked for where the config says, and its absence names the key
+    cfg = _compose(tmp_path, "unused", "probe.steps=10", "probe.fid_samples=4",
+                   f"probe.inception_path={tmp_path / 'missing.pth'}")
+    with pytest.raises(MissingWeightsError, match=r"probe\.inception_path"):
+        probe_tokenizer(tokenizer, cfg, tmp_path / "probe", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_the_probe_under_torchrun_shares_batches_and_images_across_two_ranks(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from vtok import Tokenizer
+
+    from .conftest import ROOT, tiny_tokenizer_config
+
+    torch.manual_seed(0)
+    Tokenizer(**tiny_tokenizer_config()).save_pretrained(str(tmp_path / "tok"))
+    single = _probe(tmp_path / "one", tmp_path / "tok", "probe.steps=10")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = [f"ckpt={tmp_path / 'tok'}", "data=synthetic", f"paths.root_dir={tmp_path / 'two'}",
+                 f"out={tmp_path / 'two/probe'}", "probe.train_images=64", "probe.width=32", "probe.depth=1",
+                 "probe.heads=2", "probe.batch_size=8", "probe.samples=2", "probe.save_every=5", "probe.steps=10"]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(port), "-m", "vtok.probe", *overrides], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = json.loads((tmp_path / "two/probe/probe_report.json").read_text())
+    assert two["ranks"] == 2
+    assert two["images"] == single["images"] == 16 and two["verified_round_trips"] == 16  # each image once
+    # one global batch of 8 split 4 + 4, gradients averaged: the same prior as one process, to float rounding
+    assert two["bits_per_token"] == pytest.approx(single["bits_per_token"], rel=1e-4)
+    assert two["coded_bytes_per_image"] == pytest.approx(single["coded_bytes_per_image"], rel=1e-2)

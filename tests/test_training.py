@@ -159,10 +159,31 @@ def _shards_with_unreadable_samples(out: Path) -> list[str]:
             "data.num_workers=2", "data.train.shuffle_buffer=4"]
 
 
-@pytest.mark.parametrize("data", ["synthetic", "shards with unreadable samples, 2 workers"])
+def _parquet_with_unreadable_rows(out: Path) -> list[str]:
+    """``data=hf`` over a local parquet folder (as ``datasets`` writes one): 24 training rows, every fifth a
+    zero-byte image, in two files, and 6 validation rows."""
+    from .helpers import write_parquet_split
+
+    rng = np.random.default_rng(0)
+    encoded = []
+    for _ in range(30):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    write_parquet_split(out / "hf", "train", [b"" if i % 5 == 2 else encoded[i] for i in range(24)], files=2)
+    write_parquet_split(out / "hf", "validation", encoded[24:])
+    return ["data=hf", f"data.hf.path={out / 'hf'}", f"data.hf.cache_dir={out / 'hf_cache'}", "data.image_size=32",
+            "data.batch_size=4", "data.num_workers=2"]
+
+
+@pytest.mark.parametrize("data", ["synthetic", "shards with unreadable samples, 2 workers",
+                                  "hf parquet with unreadable rows, 2 workers"])
 def test_resume_gives_the_same_next_steps(tmp_path, compose_run, data):
-    # resumed at step 3: odd, so with 2 workers the next batch is the second worker's
-    data_overrides = ["data=synthetic"] if data == "synthetic" else _shards_with_unreadable_samples(tmp_path)
+    # resumed at step 3: odd, so with 2 workers the next batch is the second worker's (mid-epoch for data=hf)
+    data_overrides = {"synthetic": lambda: ["data=synthetic"],
+                      "shards with unreadable samples, 2 workers": lambda: _shards_with_unreadable_samples(tmp_path),
+                      "hf parquet with unreadable rows, 2 workers": lambda: _parquet_with_unreadable_rows(tmp_path),
+                      }[data]()
     common = [
         *data_overrides, "trainer=cpu", "trainer.max_steps=6", "trainer.val_check_interval=100",
         "callbacks.model_checkpoint.every_n_train_steps=3", "callbacks.reconstruction_grid.every_n_steps=100",

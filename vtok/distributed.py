@@ -94,6 +94,12 @@ def broadcast(tensor: Tensor, src: int = 0) -> Tensor:
     return tensor
 
 
+def barrier() -> None:
+    """Wait until every rank arrives (after one rank wrote a file the others read)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def mean_over_ranks(local_mean: Tensor, local_count: int) -> Tensor:
     """Mean over all ranks' samples, given this rank's mean of ``local_count`` samples; differentiable.
 

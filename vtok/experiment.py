@@ -19,7 +19,8 @@ from vtok.training.run import fit
 
 # what report.json keeps of the probe (the whole report is RUN/probe/probe_report.json)
 PROBE_FIGURES = ("bits_per_token", "bits_per_pixel_under_prior", "coded_bits_per_pixel", "coded_bytes_per_image",
-                 "raw_bits_per_pixel", "verified_round_trips", "images", "rate_distortion", "probe", "report_path")
+                 "raw_bits_per_pixel", "verified_round_trips", "images", "rate_distortion", "probe", "report_path",
+                 "sample_fid", "sample_fid_samples", "ranks")
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +75,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                    "codebook_usage_train": _float(trainer.callback_metrics.get("train/codebook_usage")),
                    "perplexity_train": _float(trainer.callback_metrics.get("train/codebook_perplexity"))},
         )
-    if cfg.evaluate and cfg.eval.get("ar_probe"):  # the autoregressive probe, on rank 0 (it runs on one process)
+    if cfg.evaluate and cfg.eval.get("ar_probe"):  # the autoregressive probe; every rank takes its share
         from vtok.probe.__main__ import probe_tokenizer
 
         tokenizer = module.full_eval_tokenizer().to(module.device).eval()  # a collective under FSDP: every rank
-        if trainer.is_global_zero:
-            about = {"checkpoint": result["checkpoint"], "train_steps": result["train_steps"]}
-            result["probe"] = probe_tokenizer(tokenizer, cfg, Path(cfg.paths.run_dir) / "probe", module.device, about)
-            report = result.get("report")
-            if report and report.get("report_path"):  # beside the reconstruction figures (and so in a model card)
-                report["ar_probe"] = {k: result["probe"][k] for k in PROBE_FIGURES}
-                Path(report["report_path"]).write_text(json.dumps(report, indent=2))
+        about = {"checkpoint": result["checkpoint"], "train_steps": result["train_steps"]}
+        result["probe"] = probe_tokenizer(tokenizer, cfg, Path(cfg.paths.run_dir) / "probe", module.device, about)
+        report = result.get("report")
+        if trainer.is_global_zero and report and report.get("report_path"):  # beside the reconstruction figures
+            report["ar_probe"] = {k: result["probe"][k] for k in PROBE_FIGURES if k in result["probe"]}
+            Path(report["report_path"]).write_text(json.dumps(report, indent=2))
     return result
 
 

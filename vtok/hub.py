@@ -106,6 +106,9 @@ def model_card(tokenizer: Tokenizer, name: str, report: dict[str, Any] | None, s
                       f"| JPEG at the same PSNR ({rd['tokenizer']['psnr']:.2f} dB) | "
                       f"{rd['jpeg']['bits_per_pixel']:.4f} |",
                       f"| WebP at the same PSNR | {rd['webp']['bits_per_pixel']:.4f} |"]
+            if probe.get("sample_fid") is not None:
+                lines += ["", f"Generation FID of {probe['sample_fid_samples']} unconditional prior samples against "
+                              f"the {probe['images']} held-out images: {probe['sample_fid']:.2f}."]
         if report.get("protocol"):
             lines += ["", "Protocol:", "", "```json", json.dumps(report["protocol"], indent=2), "```"]
     else:

@@ -136,6 +136,9 @@ def files_needed(cfg: Any) -> list[tuple[str, str]]:
         needed.append(("fid_inception", "eval.inception_path"))
     if evaluation.get("lpips"):
         needed.append((f"lpips_{evaluation.get('lpips_net', 'alex')}", "eval.lpips_backbone_path"))
+    probe = cfg.get("probe") or {}
+    if evaluation.get("ar_probe") and probe.get("fid_samples"):
+        needed.append(("fid_inception", "probe.inception_path"))
     return needed
 
 

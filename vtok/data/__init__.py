@@ -8,6 +8,7 @@ from typing import Any
 
 from .decode import BadImage, decode_image, decode_pixels
 from .folder import ImageFolder
+from .hf import HFImages
 from .samples import build_sample_shards
 from .shards import write_shards
 from .stream import RandomSampleStream
@@ -17,10 +18,9 @@ from .validation import build_dataset, collate_same_size, validation_loader
 from .webdataset import ShardDataset, expand_urls
 
 __all__ = [
-    "BadImage", "Crop", "ImageFolder", "ImageTransform", "RandomSampleStream", "ShardDataset", "SyntheticCaptions",
-    "TokenizerDataModule", "build_dataset", "build_sample_shards", "collate_same_size", "decode_image",
-    "decode_pixels",
-    "expand_urls", "to_tensor", "to_uint8", "validation_loader", "write_shards",
+    "BadImage", "Crop", "HFImages", "ImageFolder", "ImageTransform", "RandomSampleStream", "ShardDataset",
+    "SyntheticCaptions", "TokenizerDataModule", "build_dataset", "build_sample_shards", "collate_same_size",
+    "decode_image", "decode_pixels", "expand_urls", "to_tensor", "to_uint8", "validation_loader", "write_shards",
 ]
 
 

@@ -35,6 +35,7 @@ class TokenizerDataModule(L.LightningDataModule):
         val_crop: how validation images are cut (``center``, ``full``, or a paper's protocol: ``adm``,
             ``resize_bicubic``, ``resize_bilinear``); the validation transform reads it
             from the config, and reports record it.
+        hf: ``data=hf``'s shared settings (``data.hf.*``), read by its ``train`` and ``val`` entries; unused here.
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class TokenizerDataModule(L.LightningDataModule):
         image_size: int | None = None,
         val_crop: str = "center",
         test: Dataset | Callable[[], Dataset] | None = None,
+        hf: Any = None,
     ) -> None:
         super().__init__()
         self.image_size, self.val_crop = image_size, val_crop

@@ -38,15 +38,16 @@ class FIDMeter:
         reference: what identifies the reference set (data, crop, size, count); with the weights' hash it
             names the cache file.
         device: where the network runs.
+        config_key: the key named when the weights file is missing.
     """
 
     def __init__(self, inception_path: str | None = None, feature: nn.Module | None = None,
                  cache_dir: str | Path | None = None, reference: dict[str, Any] | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", config_key: str = CONFIG_KEY) -> None:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         if feature is None:
-            weights = resolve("fid_inception", inception_path, CONFIG_KEY)
+            weights = resolve("fid_inception", inception_path, config_key)
             self.weights = {"file": FILES["fid_inception"].filename, "sha256": sha256(weights)}
             if not self.weights["sha256"].startswith(FILES["fid_inception"].sha256_prefix):
                 raise ValueError(f"{weights} is not the standard FID Inception file (sha256 "
@@ -70,9 +71,18 @@ class FIDMeter:
 
     def update(self, originals: Tensor, reconstructions: Tensor) -> None:
         """``(B, 3, H, W)`` images in ``[-1, 1]`` (Inception sees them resized to 299 x 299)."""
+        self.update_reference(originals)
+        self.update_generated(reconstructions)
+
+    def update_reference(self, images: Tensor) -> None:
+        """``(B, 3, H, W)`` reference images in ``[-1, 1]`` (skipped when their statistics were cached)."""
         if not self.reference_cached:
-            self.metric.update(_unit(originals), real=True)
-        self.metric.update(_unit(reconstructions), real=False)
+            self.metric.update(_unit(images), real=True)
+
+    def update_generated(self, images: Tensor) -> None:
+        """``(B, 3, H, W)`` reconstructed or sampled images in ``[-1, 1]``; their count need not match the
+        reference's (generation FID compares a number of samples with a held-out set)."""
+        self.metric.update(_unit(images), real=False)
 
     def compute(self) -> float:
         """The Frechet distance; writes the reference cache (rank 0) the first time."""
