@@ -150,3 +150,25 @@ def test_codecs_at_a_psnr_take_the_lowest_quality_reaching_it():
         below, _ = codec_roundtrip(image, quality - 1, codec)
         assert float(psnr(below[None], image[None])) < 30.0  # one quality lower misses it
         assert codec_at_psnr([image], [40.0], codec).bits_per_pixel > result.bits_per_pixel
+
+
+def test_images_of_different_token_counts_report_the_spread(tmp_path, monkeypatch):
+    from vtok.eval import evaluate
+
+    tokenizer = Tokenizer(**tiny_tokenizer_config()).eval()
+    loader = torch.utils.data.DataLoader(SyntheticCaptions(length=4, size=32), batch_size=2)
+    fixed = evaluate(tokenizer, loader, baselines=False)[0]
+    assert fixed["tokens_per_image"] == 64 and fixed["tokens_per_image_spread"] == {"std": 0.0, "min": 64, "max": 64}
+    encode = tokenizer.encode
+    counts = iter([torch.tensor([10, 30]), torch.tensor([20, 40])])
+
+    def dynamic(images, **kwargs):  # as a dynamic-length tokenizer (LaVIT) would set lengths
+        tokens = encode(images, **kwargs)
+        tokens.lengths = next(counts)
+        return tokens
+
+    monkeypatch.setattr(tokenizer, "encode", dynamic)
+    monkeypatch.setattr(tokenizer, "decode", lambda tokens, **kwargs: torch.zeros(len(tokens.latents), 3, 32, 32))
+    report = evaluate(tokenizer, loader, baselines=False)[0]
+    assert report["tokens_per_image"] == 25 and report["bits_per_pixel"] == pytest.approx(25 * 6 / 1024)
+    assert report["tokens_per_image_spread"] == {"std": pytest.approx(np.std([10, 30, 20, 40])), "min": 10, "max": 40}

@@ -196,3 +196,44 @@ def test_instruction_shards_give_prompt_and_answer(tmp_path):
     sample = next(iter(ShardDataset(str(tmp_path / "sft-000000.tar"), ImageTransform(size=16, mode="center"),
                                     resampled=False, shuffle_buffer=0, captions=True)))
     assert sample["prompt"] == "What colour is it?" and sample["caption"] == "Green."
+
+
+def test_images_of_different_lengths_share_a_batch_without_seeing_each_others_padding(llm_folder):
+    bridge = ImageToText(8, source=str(llm_folder))
+    torch.manual_seed(0)
+    image = torch.randn(2, 6, 8)
+    lengths = torch.tensor([2, 6])
+    alone = bridge.caption_loss(image[:1, :2], CAPTIONS[:1])
+    embeds, mask, labels = bridge.build_inputs(image, [CAPTIONS[0], CAPTIONS[2]], lengths=lengths)
+    assert int(mask[0].sum()) < int(mask[1].sum())  # the short image's sequence is shorter, padded at the end
+    logits = bridge.language_model(inputs_embeds=embeds, attention_mask=mask).logits
+    first = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=IGNORE)
+    assert torch.allclose(first, alone, atol=1e-5)  # in a batch with a longer image, the same loss as alone
+    # the tokens past an image's length are not read: changing them changes nothing
+    changed = image.clone()
+    changed[0, 2:] = 100.0
+    assert torch.allclose(bridge.caption_loss(changed, CAPTIONS[:2], lengths=lengths),
+                          bridge.caption_loss(image, CAPTIONS[:2], lengths=lengths))
+
+
+def test_tokenflex_budgets_cut_each_image_to_a_drawn_prefix(llm_folder):
+    from vtok.losses.term import TermInputs
+    from vtok.tokenizers import TokenizerOutput, Tokens
+
+    flexible = Tokenizer(encoder={"kind": "latent_tokens", "num_tokens": 8, "patch_size": 8, "width": 32, "depth": 1,
+                                  "heads": 2, "out_dim": 4, "image_size": 32},
+                         quantizer={"kind": "fsq", "levels": [5, 5, 5, 5]},
+                         decoder={"kind": "latent_tokens", "num_tokens": 8, "patch_size": 8, "width": 32, "depth": 1,
+                                  "heads": 2, "image_size": 32, "nested_dropout": {"mode": "uniform"}},
+                         image_size=32)
+    term = CaptionLoss({"source": str(llm_folder)}, budgets=[2, 4])
+    term.bind({"quantized": 4}, None)
+    term.bind_tokenizer(flexible)
+    output = TokenizerOutput(torch.zeros(16, 3, 32, 32), Tokens(None, torch.zeros(16, 8, 4), (8,)))
+    term.train()
+    drawn = term.lengths(TermInputs(torch.zeros(16, 3, 32, 32), output), 8)
+    assert set(drawn.tolist()) == {2, 4}
+    term.eval()  # held-out: every token
+    assert term.lengths(TermInputs(torch.zeros(16, 3, 32, 32), output), 8) is None
+    with pytest.raises(ValueError, match="budgets needs a flexible"):
+        CaptionLoss({"source": str(llm_folder)}, budgets=[2]).bind_tokenizer(_tokenizer())

@@ -53,8 +53,10 @@ LAYERS: tuple[Layer, ...] = (
           "model cards; `vtok-import`; the autoregressive probe's prior and entropy coding",
           "no Lightning"),
     Layer(6, "entry points",
-          ("train", "vtok.experiment", "vtok.eval.__main__", "vtok.probe.__main__", "vtok.llm.caption"),
-          "train then evaluate; `python -m vtok.eval`; `python -m vtok.probe`; `python -m vtok.llm.caption` (the "
+          ("train", "vtok.experiment", "vtok.eval.__main__", "vtok.probe.__main__", "vtok.llm.caption",
+           "vtok.llm.generate"),
+          "train then evaluate; `python -m vtok.eval`; `python -m vtok.probe`; `python -m vtok.llm.caption` and "
+          "`python -m vtok.llm.generate` (the "
           "other commands live in their layer's module and parse their keys with `vtok.cli`)",
           "Hydra"),
 )

@@ -63,7 +63,7 @@ class EvaluationMeter:
                                       ) if settings is not None else None
         self.device = next(tokenizer.parameters()).device
         self.keep_images, self.grid_images = keep_images, grid_images
-        self.values: dict[str, list[float]] = {"psnr": [], "ssim": [], "sharpness": [], "lpips": []}
+        self.values: dict[str, list[float]] = {"psnr": [], "ssim": [], "sharpness": [], "lpips": [], "tokens": []}
         self.totals = {"images": 0, "pixels": 0, "tokens": 0, "encode_seconds": 0.0, "decode_seconds": 0.0}
         self.histogram = has_histogram(tokenizer.vocab_size)
         self.counts = torch.zeros(tokenizer.vocab_size if self.histogram else 1, device=self.device,
@@ -103,7 +103,9 @@ class EvaluationMeter:
         elif encoded.indices is not None:
             self.unique.update(encoded.indices.reshape(-1).tolist())
         self.totals["images"] += batch.shape[0]
-        self.totals["tokens"] += math.prod(encoded.layout) * batch.shape[0]
+        kept = encoded.lengths.tolist() if encoded.lengths is not None else [math.prod(encoded.layout)] * len(batch)
+        self.values["tokens"] += [float(k) for k in kept]  # per image: dynamic and budgeted tokenizers vary
+        self.totals["tokens"] += int(sum(kept))
         self.totals["pixels"] += batch.shape[0] * batch.shape[2] * batch.shape[3]
         for original, reconstruction in zip(batch, decoded):
             if len(self.kept) < self.keep_images:
@@ -139,6 +141,8 @@ class EvaluationMeter:
             "rfid": self.fid.compute() if self.fid is not None else None,
             "psnr_per_image": self.values["psnr"],
             "tokens_per_image": self.totals["tokens"] / n,
+            "tokens_per_image_spread": {"std": float(np.std(self.values["tokens"])),
+                                        "min": int(min(self.values["tokens"])), "max": int(max(self.values["tokens"]))},
             "bits_per_token": bits_per_token,
             "bits_per_image": self.totals["tokens"] * bits_per_token / n,
             "bits_per_pixel": self.totals["tokens"] * bits_per_token / self.totals["pixels"],

@@ -61,11 +61,11 @@ class ImageToText(nn.Module):
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         model = load_transformers_model(source, config, config_key, "language model", "AutoModelForCausalLM",
                                         **extra)
-        self.tokenizer = _load_tokenizer(source, gguf_file, model)
+        self.tokenizer = load_lm_tokenizer(source, gguf_file, model)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if train == "lora":
-            model = _with_lora(model, lora or {})
+            model = with_lora(model, lora or {})
         elif train == "frozen":
             model = Frozen(model)  # never trained, never saved: reloaded from its source
         else:
@@ -93,11 +93,7 @@ class ImageToText(nn.Module):
 
     # --------------------------------------------------------------------------------------------- text
     def _ids(self, text: str) -> list[int]:
-        if not text:
-            return []
-        if isinstance(self.tokenizer, ByteTokenizer):
-            return self.tokenizer.encode(text)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return text_ids(self.tokenizer, text)
 
     def _frame(self, prompt: str) -> tuple[list[int], list[int]]:
         """Token ids before the image and between the image and the caption (tokenized once per prompt: every
@@ -119,11 +115,13 @@ class ImageToText(nn.Module):
         table = self.language_model.get_input_embeddings()
         return table(torch.tensor(ids, dtype=torch.long, device=device))
 
-    def build_inputs(self, image: Tensor, captions: list[str] | None, prompts: list[str] | None = None
-                     ) -> tuple[Tensor, Tensor, Tensor]:
+    def build_inputs(self, image: Tensor, captions: list[str] | None, prompts: list[str] | None = None,
+                     lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(B, N, in_dim)`` image tokens and captions -> ``inputs_embeds`` ``(B, T, H)``, ``attention_mask``
         ``(B, T)`` and ``labels`` ``(B, T)`` (caption tokens and the end token; ``-100`` elsewhere). Without
-        captions the sequences end where the caption would start (generation). Right-padded."""
+        captions the sequences end where the caption would start (generation). ``lengths`` ``(B,)``: image ``b``
+        contributes only its first ``lengths[b]`` tokens (dynamic-length and budgeted tokenizers); each sequence
+        is built whole and right-padded, so no token of one image sees another's padding."""
         projected = self.projector(image)
         rows, labels = [], []
         eos = self.tokenizer.eos_token_id
@@ -135,7 +133,7 @@ class ImageToText(nn.Module):
             parts = [self._embed_ids(before, image.device)]
             if self.markers is not None:
                 parts.append(self.markers[:1])
-            parts.append(projected[b])
+            parts.append(projected[b] if lengths is None else projected[b, : int(lengths[b])])
             if self.markers is not None:
                 parts.append(self.markers[1:])
             parts += [self._embed_ids(after, image.device), self._embed_ids(caption, image.device)]
@@ -151,18 +149,21 @@ class ImageToText(nn.Module):
             label_tensor[b, : len(label)] = torch.tensor(label, device=image.device)
         return embeds, mask, label_tensor
 
-    def caption_loss(self, image: Tensor, captions: list[str], prompts: list[str] | None = None) -> Tensor:
-        """Mean next-token cross-entropy over the caption positions."""
-        embeds, mask, labels = self.build_inputs(image, captions, prompts)
+    def caption_loss(self, image: Tensor, captions: list[str], prompts: list[str] | None = None,
+                     lengths: Tensor | None = None) -> Tensor:
+        """Mean next-token cross-entropy over the caption positions (``lengths``: as :meth:`build_inputs`)."""
+        embeds, mask, labels = self.build_inputs(image, captions, prompts, lengths)
         logits = self.language_model(inputs_embeds=embeds, attention_mask=mask).logits
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
     @torch.no_grad()
-    def generate(self, image: Tensor, prompts: list[str] | None = None, max_new_tokens: int = 40) -> list[str]:
-        """``(B, N, in_dim)`` image tokens -> one greedy caption each."""
+    def generate(self, image: Tensor, prompts: list[str] | None = None, max_new_tokens: int = 40,
+                 lengths: Tensor | None = None) -> list[str]:
+        """``(B, N, in_dim)`` image tokens (``lengths``: as :meth:`build_inputs`) -> one greedy caption each."""
         out = []
         for b in range(image.shape[0]):
-            embeds, mask, _ = self.build_inputs(image[b: b + 1], None, prompts[b: b + 1] if prompts else None)
+            embeds, mask, _ = self.build_inputs(image[b: b + 1], None, prompts[b: b + 1] if prompts else None,
+                                                None if lengths is None else lengths[b: b + 1])
             ids = self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
                                                max_new_tokens=max_new_tokens,
                                                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
@@ -170,7 +171,17 @@ class ImageToText(nn.Module):
         return out
 
 
-def _load_tokenizer(source: str | None, gguf_file: str | None, model: nn.Module) -> Any:
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    """``text`` as the LM tokenizer's ids, without special tokens (``[]`` for empty text)."""
+    if not text:
+        return []
+    if isinstance(tokenizer, ByteTokenizer):
+        return tokenizer.encode(text)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def load_lm_tokenizer(source: str | None, gguf_file: str | None, model: nn.Module) -> Any:
+    """The LM's tokenizer from ``source`` (a model built from a config reads UTF-8 bytes)."""
     if not source:
         if model.config.vocab_size < VOCAB:
             raise ValueError(f"a language model built from a config reads UTF-8 bytes: vocab_size must be at least "
@@ -181,7 +192,8 @@ def _load_tokenizer(source: str | None, gguf_file: str | None, model: nn.Module)
     return AutoTokenizer.from_pretrained(str(source), **({"gguf_file": gguf_file} if gguf_file else {}))
 
 
-def _with_lora(model: nn.Module, lora: dict[str, Any]) -> nn.Module:
+def with_lora(model: nn.Module, lora: dict[str, Any]) -> nn.Module:
+    """``model`` with ``peft`` LoRA adapters (``lora``: ``LoraConfig`` keywords over vtok's defaults)."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as error:

@@ -35,13 +35,15 @@ def load(source: str, weights: str = "live") -> tuple[Tokenizer, ImageToText, st
     if path.suffix == ".ckpt":
         checkpoint = read_checkpoint(path)
         tokenizer = tokenizer_from_checkpoint(checkpoint, weights)[0]
-        found = bridge_from_checkpoint(checkpoint)
+        found = bridge_from_checkpoint(checkpoint, "llm_caption")
         if found is None:
             raise ValueError(f"{path} is not an ETT checkpoint: it holds no LLM caption term")
         record, state = found
         return tokenizer, build_bridge(record, state), record["feature"]
     tokenizer = load_tokenizer(path, weights=weights)[0]
     bridge, record = load_bridge(path)
+    if not isinstance(bridge, ImageToText):
+        raise ValueError(f"{path}'s LLM bridge is an image vocabulary: caption with python -m vtok.llm.generate")
     return tokenizer, bridge, record["feature"]
 
 

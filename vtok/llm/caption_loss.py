@@ -31,22 +31,44 @@ class CaptionLoss(LossTerm):
         weight: weight of the caption loss.
         lr: learning rate of the projector and markers (``None``: the module's ``lr``).
         llm_lr: learning rate of the LLM's trainable weights (full or LoRA).
+        budgets: token counts to draw from, one per image per training step (TokenFLEX: one LLM for any visual
+            token budget); the LLM then reads that prefix of the image's tokens. Needs a flexible 1D tokenizer.
+            ``None``: every token (or each image's own length, for dynamic-length tokenizers).
     """
 
     needs_captions = True
 
     def __init__(self, llm: dict[str, Any], feature: str = "quantized", weight: float = 1.0,
-                 lr: float | None = None, llm_lr: float = 1.0e-5) -> None:
+                 lr: float | None = None, llm_lr: float = 1.0e-5, budgets: list[int] | None = None) -> None:
         super().__init__()
         self.llm_config = dict(llm)
         self.feature, self.features = feature, (feature,)
         self.which = feature.split(".", 1)[1] if "." in feature else None
         self.weight, self.lr, self.llm_lr = weight, lr, llm_lr
+        self.budgets = sorted(int(b) for b in budgets) if budgets else None
+        if self.budgets and self.budgets[0] < 1:
+            raise ValueError(f"loss.terms.caption.budgets={budgets}: token counts of at least 1")
         self.bridge: ImageToText | None = None
 
     def bind(self, feature_dims: dict[str, int], text_dim: int | None) -> None:
         if self.bridge is None:
             self.bridge = ImageToText(feature_dims[self.feature], **self.llm_config)
+
+    def bind_tokenizer(self, tokenizer: Any) -> None:
+        if self.budgets and not tokenizer.flexible:
+            raise ValueError("loss.terms.caption.budgets needs a flexible 1D tokenizer (nested dropout), whose every "
+                             "prefix decodes: this one reads whole token grids")
+
+    def lengths(self, inputs: TermInputs, count: int) -> Tensor | None:
+        """``(B,)`` tokens the LLM reads of each image: the tokenizer's own lengths, cut to a budget drawn per image
+        while training (``budgets``); ``None``: all ``count`` of every image."""
+        lengths = inputs.output.tokens.lengths
+        if not (self.budgets and self.training):
+            return lengths
+        device = inputs.images.device
+        drawn = torch.tensor(self.budgets, device=device)[torch.randint(len(self.budgets), (len(inputs.images),))
+                                                          .to(device)].clamp(max=count)
+        return drawn if lengths is None else torch.minimum(drawn, lengths.to(device))
 
     def checkpoint_record(self) -> dict[str, Any]:
         """``{"kind": "llm_caption", "feature", "in_dim", "llm": settings}``: what export and captioning rebuild."""
@@ -91,7 +113,9 @@ class CaptionLoss(LossTerm):
     def forward(self, inputs: TermInputs) -> tuple[Tensor, dict[str, Tensor]]:
         if inputs.captions is None:
             raise ValueError("the caption loss got a batch without captions")
-        loss = self._bridge().caption_loss(self.image_tokens(inputs), list(inputs.captions), inputs.prompts)
+        tokens = self.image_tokens(inputs)
+        loss = self._bridge().caption_loss(tokens, list(inputs.captions), inputs.prompts,
+                                           self.lengths(inputs, tokens.shape[1]))
         return self.weight * loss, {"loss": loss.detach(), "perplexity": torch.exp(loss.detach().clamp(max=20))}
 
 
@@ -116,7 +140,9 @@ class CaptionEvaluation(TermEvaluation):
             self.losses.append(float(self.term(one)[1]["loss"]))
         if len(self.examples) < CAPTION_EXAMPLES:
             count = CAPTION_EXAMPLES - len(self.examples)
-            generated = self.term.bridge.generate(self.term.image_tokens(inputs)[:count])
+            lengths = inputs.output.tokens.lengths
+            generated = self.term.bridge.generate(self.term.image_tokens(inputs)[:count],
+                                                  lengths=None if lengths is None else lengths[:count])
             self.examples += [{"reference": r, "generated": g} for r, g in zip(inputs.captions, generated)]
 
     def gather(self) -> None:
@@ -135,6 +161,7 @@ class CaptionEvaluation(TermEvaluation):
 def _row(output: Any, b: int) -> Any:
     """Image ``b`` of a tokenizer output (tokens and features), as a batch of one."""
     tokens = replace(output.tokens, indices=None if output.tokens.indices is None else output.tokens.indices[b: b + 1],
-                     latents=output.tokens.latents[b: b + 1])
+                     latents=output.tokens.latents[b: b + 1],
+                     lengths=None if output.tokens.lengths is None else output.tokens.lengths[b: b + 1])
     return replace(output, reconstruction=output.reconstruction[b: b + 1], tokens=tokens,
                    features={k: v[b: b + 1] for k, v in output.features.items()})

@@ -1,6 +1,7 @@
 """The LLM bridge beside an exported tokenizer: ``llm_bridge/bridge.json`` (plain data naming the LLM) and
-``llm_bridge/model.safetensors`` (projector, markers, and the LLM's trained weights: LoRA adapters or, when fully
-trained, all of them). A frozen LLM is not copied: ``bridge.json`` names where it comes from.
+``llm_bridge/model.safetensors`` (an ETT bridge's projector and markers, or an image vocabulary's new rows, and the
+LLM's trained weights: LoRA adapters or, when fully trained, all of them). A frozen LLM is not copied:
+``bridge.json`` names where it comes from.
 """
 
 from __future__ import annotations
@@ -16,17 +17,24 @@ from vtok.tokenizers.safetensors_header import read_header
 from vtok.tokenizers.serialization import UnsafeConfigError, check_plain, check_regular_file, read_config
 
 from .bridge import ImageToText
+from .vocabulary import ImageVocabulary
 
 BRIDGE_DIR, CONFIG_NAME, WEIGHTS_NAME = "llm_bridge", "bridge.json", "model.safetensors"
 FORMAT = "vtok-llm-bridge"
 FILE_KEYS = ("source", "gguf_file")  # values that are paths or file names, not import paths
 
 
-def bridge_from_checkpoint(checkpoint: TrainingCheckpoint) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """``(record, state)`` of the LLM caption term a training checkpoint holds, or ``None`` when it has none."""
+# a term's record kind -> the attribute its bridge module lives under in the term's state
+BRIDGE_KINDS = {"llm_caption": "bridge.", "llm_vocabulary": "vocabulary."}
+
+
+def bridge_from_checkpoint(checkpoint: TrainingCheckpoint, kind: str | None = None
+                           ) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """``(record, state)`` of the LLM term a training checkpoint holds (an ETT caption term or a vocabulary term;
+    ``kind`` picks one), or ``None`` when it has none."""
     for name, record in checkpoint.loss_terms.items():
-        if record.get("kind") == "llm_caption":
-            prefix = "bridge."
+        if record.get("kind") in BRIDGE_KINDS and kind in (None, record.get("kind")):
+            prefix = BRIDGE_KINDS[record["kind"]]
             state = {k[len(prefix):]: v for k, v in checkpoint.term_state(name).items() if k.startswith(prefix)}
             return record, state
     return None
@@ -45,18 +53,24 @@ def save_bridge(out_dir: str | Path, record: dict[str, Any], state: dict[str, to
     return folder
 
 
-def build_bridge(record: dict[str, Any], state: dict[str, torch.Tensor]) -> ImageToText:
-    """An :class:`ImageToText` from a record (``checkpoint_record``) and its saved weights, in eval mode."""
-    bridge = ImageToText(int(record["in_dim"]), **record["llm"])
-    missing, unexpected = bridge.load_state_dict(state, strict=False)
-    required = [k for k in missing if k.startswith(("projector.", "markers"))]
+def build_bridge(record: dict[str, Any], state: dict[str, torch.Tensor]) -> ImageToText | ImageVocabulary:
+    """An :class:`ImageToText` (``kind`` ``llm_caption``) or :class:`ImageVocabulary` (``llm_vocabulary``) from a
+    record (``checkpoint_record``) and its saved weights, in eval mode."""
+    if record.get("kind") == "llm_vocabulary":
+        module: ImageToText | ImageVocabulary = ImageVocabulary(int(record["codebook_size"]), **record["llm"])
+        own = ("input_rows", "output_rows")
+    else:
+        module = ImageToText(int(record["in_dim"]), **record["llm"])
+        own = ("projector.", "markers")
+    missing, unexpected = module.load_state_dict(state, strict=False)  # a frozen LLM is reloaded, not saved
+    required = [k for k in missing if k.startswith(own)]
     if required or unexpected:
         raise ValueError(f"the saved bridge does not fit its settings: missing {required[:5]}, unexpected "
                          f"{unexpected[:5]}")
-    return bridge.eval()
+    return module.eval()
 
 
-def load_bridge(folder: str | Path) -> tuple[ImageToText, dict[str, Any]]:
+def load_bridge(folder: str | Path) -> tuple[ImageToText | ImageVocabulary, dict[str, Any]]:
     """The bridge exported beside a tokenizer (``folder`` or ``folder/llm_bridge``) and its record.
 
     Raises:

@@ -30,16 +30,22 @@ class ImageTextContrastive(LossTerm):
         gather: gather negatives across ranks.
         detach_features: train only the projection heads on the tokenizer's features, which then get no
             gradient from the text (a linear probe: the baseline a contrastive run is compared with).
+        pool: ``mean`` over positions, or the ``last`` token (a causal sequence's final embedding, which has read
+            every earlier one: SEED's contrastive target).
     """
 
     needs_text = True
 
     def __init__(self, feature: str = "quantized", embed_dim: int = 256, weight: float = 1.0,
-                 temperature: float = 0.07, gather: bool = True, detach_features: bool = False) -> None:
+                 temperature: float = 0.07, gather: bool = True, detach_features: bool = False,
+                 pool: str = "mean") -> None:
         super().__init__()
         self.feature, self.features = feature, (feature,)
         self.embed_dim, self.weight, self.gather = embed_dim, weight, gather
         self.detach_features = detach_features
+        if pool not in ("mean", "last"):
+            raise ValueError(f"loss.terms.contrastive.pool={pool!r}: mean or last")
+        self.pool = pool
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
         self.image_head: nn.Module | None = None
         self.text_head: nn.Module | None = None
@@ -56,7 +62,8 @@ class ImageTextContrastive(LossTerm):
         """``(B, *grid, C)`` features and ``(B, D)`` captions -> unit ``(B, E)`` image and text embeddings."""
         if self.image_head is None or self.text_head is None:
             raise RuntimeError("bind() the term to the tokenizer's feature sizes before use")
-        image = self.image_head(features.float().flatten(1, -2).mean(1))
+        flat = features.float().flatten(1, -2)
+        image = self.image_head(flat[:, -1] if self.pool == "last" else flat.mean(1))
         return F.normalize(image, dim=-1), F.normalize(self.text_head(text.float()), dim=-1)
 
     def evaluation(self) -> ContrastiveEvaluation:

@@ -100,6 +100,10 @@ class LossTerm(nn.Module):
     def bind(self, feature_dims: dict[str, int], text_dim: int | None) -> None:
         """Size what depends on the tokenizer: ``feature_dims`` maps each of :attr:`features` to its channels."""
 
+    def bind_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Build what depends on the tokenizer itself (its vocabulary, its code vectors), after :meth:`bind`;
+        default nothing."""
+
     def forward(self, inputs: TermInputs) -> tuple[Tensor, dict[str, Tensor]]:
         """``(weighted scalar loss, detached values to log)``."""
         raise NotImplementedError

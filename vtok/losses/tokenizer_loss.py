@@ -146,6 +146,7 @@ class TokenizerLoss(nn.Module):
         dims = {name: value.shape[-1] for name, value in features.items()}
         for term in self.terms.values():
             term.bind(dims, text_dim)
+            term.bind_tokenizer(tokenizer)
     def gan_factor(self, step: int) -> float:
         """Fraction of ``disc_weight`` in force at ``step``: 0 before ``disc_start``, then a linear ramp to 1."""
         if self.discriminator is None or step < self.disc_start:

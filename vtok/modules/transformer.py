@@ -1,7 +1,8 @@
 """Transformer blocks shared by the ViT and latent-token families.
 
 Pre-norm blocks with ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels where the device has
-them) and optional 2D rotary positions. Tokens are ``(B, N, width)`` throughout.
+them), optional 2D rotary positions and an optional attention mask (``(N, N)`` or ``(B, 1, N, N)`` booleans,
+``True`` where a query may read a key: causal queries, per-image token counts). Tokens are ``(B, N, width)``.
 """
 
 from __future__ import annotations
@@ -60,12 +61,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None) -> Tensor:
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
 
 
@@ -80,8 +81,8 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), rope)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), rope, mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -94,16 +95,16 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.apply(_init_weights)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """``(B, N, width)`` -> ``(B, N, width)``."""
-        return self.forward_blocks(x, rope)[0]
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None) -> Tensor:
+        """``(B, N, width)`` -> ``(B, N, width)``; ``mask``: ``(N, N)`` or ``(B, 1, N, N)``, ``True`` = may attend."""
+        return self.forward_blocks(x, rope, mask=mask)[0]
 
     def forward_blocks(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None,
-                       keep: Collection[int] = ()) -> tuple[Tensor, dict[int, Tensor]]:
+                       keep: Collection[int] = (), mask: Tensor | None = None) -> tuple[Tensor, dict[int, Tensor]]:
         """Like ``forward``, also returning ``{i: (B, N, width)}``, the tokens after block ``i`` for ``i in keep``."""
         kept = {}
         for index, block in enumerate(self.blocks):
-            x = block(x, rope)
+            x = block(x, rope, mask)
             if index in keep:
                 kept[index] = x
         return self.norm(x), kept
@@ -132,6 +133,18 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def causal_query_mask(context: int, queries: int, device: torch.device | None = None) -> Tensor:
+    """``(N, N)`` attention mask, ``N = context + queries``, for ``context`` tokens followed by ``queries``: the
+    context reads only itself; query ``i`` reads the context and queries ``0..i`` (a causal Q-Former in one
+    transformer). Query ``i``'s output then depends on the context and on earlier queries alone."""
+    n = context + queries
+    mask = torch.zeros(n, n, dtype=torch.bool, device=device)
+    mask[:context, :context] = True
+    mask[context:, :context] = True
+    mask[context:, context:] = torch.ones(queries, queries, dtype=torch.bool, device=device).tril()
+    return mask
 
 
 def patch_grid(image_size: int | tuple[int, int], patch_size: int) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from vtok.modules.conditioning import ConditionTokens
 from vtok.modules.patches import PatchPositions, unpatchify
-from vtok.modules.transformer import Transformer, block_indices, init_token, patch_grid
+from vtok.modules.transformer import Transformer, block_indices, causal_query_mask, init_token, patch_grid
 
 from .nested_dropout import NestedDropout, keep_prefixes
 from .parts import Decoder, Encoder, check_condition
@@ -40,13 +40,19 @@ class LatentTokenEncoder(Encoder):
         condition_dim: read a ``(B, condition_dim)`` caption embedding as ``condition_tokens`` extra tokens
             (TexTok: tokenization conditioned on the caption); ``None`` reads images alone.
         condition_tokens: how many tokens the caption embedding becomes.
+        causal: the latent tokens are causal queries (SEED's causal Q-Former, in one transformer): token ``i``
+            reads the patches and tokens ``0..i``, and the patches do not read the tokens, so token ``i`` depends on
+            the image and on earlier tokens only, the order an LLM reads and writes them in.
     """
 
     def __init__(self, num_tokens: int = 128, in_channels: int = 3, patch_size: int = 16, width: int = 512,
                  depth: int = 8, heads: int = 8, mlp_ratio: float = 4.0, out_dim: int = 12,
                  position: str = "learned", image_size: int = 256, condition_dim: int | None = None,
-                 condition_tokens: int = 4) -> None:
+                 condition_tokens: int = 4, causal: bool = False) -> None:
         super().__init__()
+        if causal and condition_dim:
+            raise ValueError("causal latent tokens read the image alone: drop condition_dim (caption conditioning)")
+        self.causal = causal
         self.num_tokens, self.patch_size, self.out_dim = num_tokens, patch_size, out_dim
         self.condition_dim = condition_dim
         self.condition = ConditionTokens(condition_dim, condition_tokens, width) if condition_dim else None
@@ -67,8 +73,9 @@ class LatentTokenEncoder(Encoder):
         count = sum(e.shape[1] for e in extra)
         patches, rope = self.positions(patches, grid, extra_after=self.num_tokens + count)
         latents = self.latents.to(patches.dtype).expand(len(images), -1, -1)
+        mask = causal_query_mask(patches.shape[1], self.num_tokens, patches.device) if self.causal else None
         tokens, kept = self.transformer.forward_blocks(torch.cat([patches, latents, *extra], dim=1), rope,
-                                                       keep=block_indices(names))
+                                                       keep=block_indices(names), mask=mask)
         patch_count = grid[0] * grid[1]
         features = {f"block{i}": hidden[:, :patch_count].unflatten(1, grid) for i, hidden in kept.items()}
         return self.to_features(tokens[:, patch_count: patch_count + self.num_tokens]), features

@@ -49,3 +49,24 @@ class TokenizerOutput:
     stats: dict[str, Tensor] = field(default_factory=dict)
     features: dict[str, Tensor] = field(default_factory=dict)
     decoder_losses: dict[str, Tensor] = field(default_factory=dict)
+
+
+def token_sequences(tokens: Tokens) -> list[Tensor]:
+    """One id sequence per image, in the order a sequence model (a prior, an LLM) reads them: 2D grids row by
+    row, 1D sequences in their order, several ids per position (residual or multi-codebook quantizers,
+    ``indices`` ``(B, *layout, depth)``) position by position with each position's ids in depth order, and only
+    the kept prefix of images with ``lengths``.
+
+    ``Tokens`` with ``indices`` ``(B, *layout)`` or ``(B, *layout, depth)`` -> ``B`` long tensors ``(N_b,)``.
+
+    Raises:
+        ValueError: continuous tokens (no ids).
+    """
+    if tokens.indices is None:
+        raise ValueError("token sequences need discrete tokens: this tokenizer is continuous (no token ids)")
+    indices = tokens.indices
+    per_position = indices.shape[1 + len(tokens.layout):].numel() if indices.ndim > 1 + len(tokens.layout) else 1
+    flat = indices.reshape(indices.shape[0], -1).long()
+    if tokens.lengths is None:
+        return list(flat)
+    return [row[: int(length) * per_position] for row, length in zip(flat, tokens.lengths.tolist())]
