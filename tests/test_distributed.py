@@ -351,3 +351,13 @@ def test_the_flow_decoder_trains_on_two_ranks_under_fsdp_as_under_ddp(fsdp_folde
     fsdp, ddp = _metrics(fsdp_folder / "outputs/flow_fsdp"), _metrics(fsdp_folder / "outputs/flow_ddp")
     assert sorted(fsdp) == [0, 1, 2]
     assert fsdp == pytest.approx(ddp, rel=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["seed", "lavit", "slot_mllm", "llm_vocabulary"])
+def test_the_llm_token_presets_train_on_two_ranks(fsdp_folder, preset):
+    """SEED's causal tokens (contrastive negatives gathered over ranks) and the vocabulary bridge (a frozen LLM
+    never in DDP's buckets; only its new rows are) train 2 steps under DDP at toy size, offline."""
+    command = (f"python train.py experiment={preset} scale=toy data=synthetic trainer=ddp trainer.accelerator=cpu "
+               "trainer.devices=2 trainer.max_steps=2")
+    _run_in(fsdp_folder, command, f"run_name={preset}_ddp", readme=False)
+    assert sorted(_metrics(fsdp_folder / f"outputs/{preset}_ddp")) == [0, 1]

@@ -222,6 +222,8 @@ def test_every_preset_learns_a_fixed_batch_at_toy_size(preset, compose_run):
     synthetic image, repeated) and its loss falls: the mean of the last steps under that of the first."""
     # the adversarial term from step 0 (IBQ, Open-MAGVIT2) makes a total that need not fall: start it later
     later_gan = ["loss.disc_start=1000"] if preset in ("ibq", "open_magvit2") else []
+    if preset == "aurora_depth":  # one-channel inputs: the synthetic images' luminance stands in for depth
+        later_gan = ["+data.train.channels=1", "+data.val.channels=1"]
     cfg = compose_run(f"experiment={preset}", "data=synthetic", "logger=none", "data.train.length=1",
                       "data.batch_size=2", f"trainer.max_steps={STEPS}", "trainer.val_check_interval=1000",
                       "trainer.limit_val_batches=0", "module.lr=3e-3", "module.min_lr_ratio=1.0", *later_gan)
@@ -232,6 +234,7 @@ def test_every_preset_learns_a_fixed_batch_at_toy_size(preset, compose_run):
     assert trainer.global_step == STEPS and len(steps.losses) == STEPS
     first, last = sum(steps.losses[:3]) / 3, sum(steps.losses[-3:]) / 3
     # The batch is fixed and nothing is random, so any fall is learning. A caption loss through a random toy LLM
-    # falls slowly: -0.3 to -1% in 10 steps where the tokenizer is frozen, -7% end to end; the rest fall 20-95%.
-    bound = {"ett_align": 0.998, "ett_sft": 0.998, "ett_e2e": 0.97}.get(preset, 0.9)
+    # falls slowly: -0.3 to -1% in 10 steps where the tokenizer is frozen, -7% end to end; the vocabulary term
+    # trains only its new rows against a frozen toy LLM (-2.7% measured); the rest fall 20-95%.
+    bound = {"ett_align": 0.998, "ett_sft": 0.998, "ett_e2e": 0.97, "llm_vocabulary": 0.99}.get(preset, 0.9)
     assert last < bound * first, (preset, [round(x, 4) for x in steps.losses])

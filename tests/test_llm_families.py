@@ -41,3 +41,90 @@ def test_seed_tokens_depend_on_the_image_and_earlier_tokens_only():
         first = bidirectional(images)
         bidirectional.latents[5] += 1.0
         assert not torch.allclose(first[:, :5], bidirectional(images)[:, :5])
+
+
+def test_slots_are_a_set_permuting_their_starts_permutes_them():
+    from vtok.modules.slot_attention import SlotAttention
+    from vtok.tokenizers.slots import SlotEncoder
+
+    torch.manual_seed(0)
+    attention = SlotAttention(16, 24, iterations=3)
+    inputs, starts = torch.randn(2, 10, 24), torch.randn(2, 5, 16)
+    order = torch.tensor([3, 0, 4, 1, 2])
+    with torch.no_grad():
+        assert torch.allclose(attention(inputs, starts[:, order]), attention(inputs, starts)[:, order], atol=1e-5)
+        assert torch.allclose(attention(inputs[:, torch.randperm(10)], starts), attention(inputs, starts), atol=1e-5)
+    encoder = SlotEncoder(num_slots=5, patch_size=8, width=32, depth=1, heads=2, image_size=32, slot_dim=16,
+                          out_dim=8).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = encoder(images)
+        encoder.slots.copy_(encoder.slots[order])
+        assert torch.allclose(encoder(images), before[:, order], atol=1e-5)
+
+
+def test_residual_ids_of_slots_round_trip_and_the_set_decoder_ignores_their_order():
+    from vtok import Tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = Tokenizer(
+        encoder={"kind": "slots", "num_slots": 4, "patch_size": 8, "width": 32, "depth": 1, "heads": 2,
+                 "image_size": 32, "slot_dim": 16, "out_dim": 8},
+        quantizer={"kind": "residual", "depth": 3, "quantizer": {"kind": "vq", "codebook_size": 16,
+                                                                 "codebook_dim": 8}},
+        decoder={"kind": "flow", "num_tokens": 4, "in_dim": 8, "patch_size": 8, "width": 32, "depth": 1,
+                 "heads": 2, "image_size": 32, "token_positions": False},
+        image_size=32).eval()
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        tokens = tokenizer.encode(images)
+        assert tokens.indices.shape == (2, 4, 3) and tokens.layout == (4,)  # 4 slots x 3 residual ids
+        assert torch.equal(tokenizer.embed(tokens.indices), tokens.latents)  # ids -> the same vectors
+        order = torch.tensor([2, 0, 3, 1])
+        a = tokenizer.decode_indices(tokens.indices, steps=2, seed=0)
+        b = tokenizer.decode_indices(tokens.indices[:, order], steps=2, seed=0)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def _lavit(keep_ratio: float):
+    from vtok import Tokenizer
+
+    return Tokenizer(
+        encoder={"kind": "dynamic_tokens", "patch_size": 8, "width": 32, "depth": 1, "heads": 2, "image_size": 32,
+                 "merger_depth": 1, "keep_ratio": keep_ratio, "out_dim": 8},
+        quantizer={"kind": "fsq", "levels": [5, 5, 5, 5, 5, 5, 5, 5]},
+        decoder={"kind": "latent_tokens", "num_tokens": 16, "patch_size": 8, "width": 32, "depth": 1, "heads": 2,
+                 "image_size": 32},
+        image_size=32)
+
+
+def test_dynamic_lengths_follow_the_target_ratio_and_decode_past_padding():
+    from vtok.data import SyntheticCaptions
+
+    images = torch.stack([SyntheticCaptions(length=16, size=32, seed=3)[i]["image"] for i in range(16)])
+    fractions = {}
+    for target in (0.25, 0.75):
+        torch.manual_seed(0)
+        tokenizer = _lavit(target)
+        optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=3e-3)
+        for _ in range(60):
+            out = tokenizer(images)
+            loss = (out.reconstruction - images).pow(2).mean() + sum(out.losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert tokenizer.encoder.selector[-1].weight.grad.abs().sum() > 0  # the reconstruction reaches the selector
+        tokenizer.eval()
+        with torch.no_grad():
+            tokens = tokenizer.encode(images)
+        fractions[target] = float(tokens.lengths.float().mean()) / 16
+        assert abs(fractions[target] - target) < 0.1, fractions  # within 0.1 of the target after 60 steps
+    assert fractions[0.75] > fractions[0.25] + 0.3
+    # a batch of different lengths decodes, and what lies past an image's length is never read
+    with torch.no_grad():
+        lengths = torch.tensor([3, 9])
+        latents = tokens.latents[:2].clone()
+        decoded = tokenizer.decode(type(tokens)(None, latents, (16,), lengths=lengths))
+        latents[0, 3:] = 5.0
+        latents[1, 9:] = -5.0
+        assert torch.equal(decoded, tokenizer.decode(type(tokens)(None, latents, (16,), lengths=lengths)))

@@ -45,6 +45,11 @@ def per_rank(name: str) -> str:
     return name if rank == 0 else f"{name}_rank{rank}"
 
 
+def patch_count(image_size: int, patch_size: int) -> int:
+    """Patches of a square image: ``(image_size // patch_size) ** 2`` (``${vtok.patches:SIZE,PATCH}``)."""
+    return (int(image_size) // int(patch_size)) ** 2
+
+
 def register_resolvers() -> None:
     """Make vtok's config resolvers known to OmegaConf (idempotent; entry points call it before Hydra starts)."""
     from omegaconf import OmegaConf
@@ -54,6 +59,7 @@ def register_resolvers() -> None:
     # hydra.job.chdir=false the process's working directory is the same thing.
     OmegaConf.register_new_resolver("vtok.cwd", os.getcwd, replace=True)
     OmegaConf.register_new_resolver("vtok.per_rank", per_rank, replace=True)
+    OmegaConf.register_new_resolver("vtok.patches", patch_count, replace=True)
 
 
 register_resolvers()

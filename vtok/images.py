@@ -42,9 +42,11 @@ def psnr(reconstruction: Tensor, target: Tensor, eight_bit: bool = True) -> Tens
 
 def image_grid(originals: Tensor, *reconstructions: Tensor) -> Image.Image:
     """``(B, 3, H, W)`` batches in ``[-1, 1]`` -> one picture, one row per batch: originals above their
-    reconstructions (several rows for several seeds of a generative decoder)."""
+    reconstructions (several rows for several seeds of a generative decoder). One-channel batches (depth maps)
+    show as grey."""
     rows = []
     for batch in (originals, *reconstructions):
+        batch = batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
         pixels = to_uint8(batch.detach().float().cpu().clamp(-1, 1))  # B, 3, H, W
         rows.append(torch.cat(list(pixels), dim=2))  # 3, H, B*W
     return Image.fromarray(torch.cat(rows, dim=1).permute(1, 2, 0).numpy())

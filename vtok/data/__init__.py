@@ -7,6 +7,7 @@ on first use, so evaluation can read the same datasets without the trainer insta
 from typing import Any
 
 from .decode import BadImage, decode_image, decode_pixels
+from .depth import DepthTransform, decode_depth
 from .folder import ImageFolder
 from .hf import HFImages
 from .samples import build_sample_shards
@@ -18,9 +19,10 @@ from .validation import build_dataset, collate_same_size, validation_loader
 from .webdataset import ShardDataset, expand_urls
 
 __all__ = [
-    "BadImage", "Crop", "HFImages", "ImageFolder", "ImageTransform", "RandomSampleStream", "ShardDataset",
-    "SyntheticCaptions", "TokenizerDataModule", "build_dataset", "build_sample_shards", "collate_same_size",
-    "decode_image", "decode_pixels", "expand_urls", "to_tensor", "to_uint8", "validation_loader", "write_shards",
+    "BadImage", "Crop", "DepthTransform", "HFImages", "ImageFolder", "ImageTransform", "RandomSampleStream",
+    "ShardDataset", "SyntheticCaptions", "TokenizerDataModule", "build_dataset", "build_sample_shards",
+    "collate_same_size", "decode_depth", "decode_image", "decode_pixels", "expand_urls", "to_tensor", "to_uint8",
+    "validation_loader", "write_shards",
 ]
 
 

@@ -36,6 +36,7 @@ class TokenizerDataModule(L.LightningDataModule):
             ``resize_bicubic``, ``resize_bilinear``); the validation transform reads it
             from the config, and reports record it.
         hf: ``data=hf``'s shared settings (``data.hf.*``), read by its ``train`` and ``val`` entries; unused here.
+        depth: ``data=depth``'s shared settings (``data.depth.*``), read the same way (and by the evaluation).
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class TokenizerDataModule(L.LightningDataModule):
         val_crop: str = "center",
         test: Dataset | Callable[[], Dataset] | None = None,
         hf: Any = None,
+        depth: Any = None,
     ) -> None:
         super().__init__()
         self.image_size, self.val_crop = image_size, val_crop

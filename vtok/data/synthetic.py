@@ -21,12 +21,15 @@ SHAPES = ("circle", "square", "stripe")
 class SyntheticCaptions(Dataset):
     """``length`` images of ``size x size``: a shape of one colour on a smooth background of another.
 
-    Yields dicts with ``image`` ``(3, size, size)`` in ``[-1, 1]``, ``key`` and (with ``captions``, the default)
-    ``caption``.
+    Yields dicts with ``image`` ``(channels, size, size)`` in ``[-1, 1]``, ``key`` and (with ``captions``, the
+    default) ``caption``. ``channels=1`` gives the luminance, a stand-in for one-channel inputs (depth maps).
     """
 
-    def __init__(self, length: int = 64, size: int = 32, seed: int = 0, captions: bool = True) -> None:
-        self.length, self.size, self.seed, self.captions = length, size, seed, captions
+    def __init__(self, length: int = 64, size: int = 32, seed: int = 0, captions: bool = True,
+                 channels: int = 3) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels={channels}: 3 (RGB) or 1 (luminance)")
+        self.length, self.size, self.seed, self.captions, self.channels = length, size, seed, captions, channels
 
     def __len__(self) -> int:
         return self.length
@@ -51,6 +54,8 @@ class SyntheticCaptions(Dataset):
             mask = abs(yy - cy) < r / 3
         image[mask] = COLOURS[names[fg]]
         tensor = torch.from_numpy(image.clip(0, 255)).permute(2, 0, 1).float() / 127.5 - 1.0
+        if self.channels == 1:
+            tensor = (tensor * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
         caption = f"a {names[fg]} {shape} on a {names[bg]} background"
         sample = {"image": tensor, "key": f"synthetic-{index:06d}"}
         if self.captions:

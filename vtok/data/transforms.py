@@ -9,6 +9,7 @@ the same crop box whether the image is decoded whole or, when the box leaves eno
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -54,6 +55,18 @@ class Crop:
         if self.resize is not None:
             return 1
         return next((r for r in _REDUCTIONS if self.box[2] >= r * self.out[0] and self.box[3] >= r * self.out[1]), 1)
+
+
+class ViewTransform(Protocol):
+    """What a reader asks of a transform: bytes -> the whole decoded image (``decode``), a decoded image -> one
+    view (``__call__``), bytes -> one view (``load``, which may decode less). :class:`ImageTransform` (RGB) and
+    :class:`~vtok.data.depth.DepthTransform` (one-channel depth) are the two."""
+
+    def decode(self, data: bytes) -> Tensor: ...
+
+    def load(self, data: bytes, rng: np.random.Generator) -> Tensor: ...
+
+    def __call__(self, image: Tensor, rng: np.random.Generator) -> Tensor: ...
 
 
 @dataclass
@@ -102,6 +115,14 @@ class ImageTransform:
         if self.mode in PROTOCOL_CROPS:
             return PROTOCOL_CROPS[self.mode](pixels, self.size)
         return self.apply(pixels, self.plan(pixels.shape[2], pixels.shape[1], rng))
+
+    def decode(self, data: bytes) -> Tensor:
+        """Image bytes -> the whole image, ``(3, H, W)`` uint8 (what :meth:`__call__` takes; decode caches keep it).
+
+        Raises:
+            BadImage: see :func:`vtok.data.decode.decode_pixels`.
+        """
+        return decode_pixels(data)
 
     def load(self, data: bytes, rng: np.random.Generator) -> Tensor:
         """Image bytes -> the view :meth:`__call__` gives, decoding at a reduced size when the crop allows.

@@ -25,10 +25,10 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from vtok.distributed import rank_and_world_size
 
-from .decode import BadImage, decode_pixels
+from .decode import BadImage
 from .stream import consumed_before, stream_worker
 from .tar_members import TarDamaged, is_plain_tar, tar_members
-from .transforms import IMAGE_EXTENSIONS, ImageTransform
+from .transforms import IMAGE_EXTENSIONS, ImageTransform, ViewTransform
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class ShardDataset(IterableDataset):
             embedded samples, where decoding a whole photo for every small crop would dominate the step.
             A shard with no more samples than this is also kept in memory after its first read, so that
             resampling it replays the same samples instead of re-reading the tar.
+        member: the member that holds the image (e.g. ``depth.png`` beside a ``jpg``); ``None``: the first image
+            member found. With a :class:`~vtok.data.depth.DepthTransform`, one-channel depth maps.
 
     Yields:
         dicts with ``image`` ``(3, H, W)`` in ``[-1, 1]``, ``key``, ``stream_worker`` and ``stream_position`` (where
@@ -85,15 +87,17 @@ class ShardDataset(IterableDataset):
     def __init__(
         self,
         urls: str | list[str],
-        transform: ImageTransform | None = None,
+        transform: ViewTransform | None = None,
         resampled: bool = True,
         shuffle_buffer: int = 1000,
         captions: bool = False,
         seed: int = 0,
         epoch_length: int | None = None,
         decode_cache: int = 0,
+        member: str | None = None,
     ) -> None:
         super().__init__()
+        self.member = member
         self.urls = expand_urls(urls)
         self.transform = transform or ImageTransform()
         self.resampled = resampled
@@ -212,7 +216,7 @@ class ShardDataset(IterableDataset):
         if cache_key not in self._decoded:
             if len(self._decoded) >= self.decode_cache:
                 self._decoded.pop(next(iter(self._decoded)))
-            self._decoded[cache_key] = decode_pixels(raw[image_key])
+            self._decoded[cache_key] = self.transform.decode(raw[image_key])
         return self.transform(self._decoded[cache_key], rng)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -229,7 +233,8 @@ class ShardDataset(IterableDataset):
             position += 1
             if position <= skip:
                 continue
-            image_key = next((k for k in _IMAGE_KEYS if k in raw), None)
+            image_key = self.member if self.member in raw else (
+                None if self.member else next((k for k in _IMAGE_KEYS if k in raw), None))
             rng = np.random.default_rng([self.seed, self.epoch, rank, worker, 3, position])
             key = raw.get("__key__", "")
             try:

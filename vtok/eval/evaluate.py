@@ -28,7 +28,7 @@ from vtok.tokenizers import Tokenizer
 
 from .baselines import jpeg_at_bpp, patch_mean_at_bpp
 from .fid import FIDMeter
-from .metrics import psnr, sharpness, ssim
+from .metrics import depth_errors, psnr, sharpness, ssim
 from .sampling import SamplingMeter
 from .semantic import TermMeter
 from .token_budget import TokenBudgetMeter, plot_quality_vs_tokens
@@ -48,12 +48,13 @@ class EvaluationMeter:
         grid_images: originals and reconstructions kept for the picture.
         sampling: for a generative decoder, ``{"steps", "guidance", "seed", "solver"}`` overriding the tokenizer's
             defaults where not ``None``, and ``seeds``, ``compare_steps``, ``images`` for :class:`SamplingMeter`.
+        max_depth: one-channel depth maps: metres at ``+1``, for depth errors in metres (``None``: no depth errors).
     """
 
     def __init__(self, tokenizer: Tokenizer, fid: FIDMeter | None = None, lpips: torch.nn.Module | None = None,
                  target_psnr: float | None = None, keep_images: int = 64, grid_images: int = 8,
-                 sampling: dict[str, Any] | None = None) -> None:
-        self.tokenizer, self.fid, self.lpips = tokenizer, fid, lpips
+                 sampling: dict[str, Any] | None = None, max_depth: float | None = None) -> None:
+        self.tokenizer, self.fid, self.lpips, self.max_depth = tokenizer, fid, lpips, max_depth
         sampling = dict(sampling or {})
         settings = tokenizer.sampler_settings(**{k: sampling.get(k) for k in ("steps", "guidance", "seed", "solver")}
                                               if tokenizer.generative else {})
@@ -63,7 +64,8 @@ class EvaluationMeter:
                                       ) if settings is not None else None
         self.device = next(tokenizer.parameters()).device
         self.keep_images, self.grid_images = keep_images, grid_images
-        self.values: dict[str, list[float]] = {"psnr": [], "ssim": [], "sharpness": [], "lpips": [], "tokens": []}
+        self.values: dict[str, list[float]] = {"psnr": [], "ssim": [], "sharpness": [], "lpips": [], "tokens": [],
+                                               "abs_rel": [], "rmse": [], "delta1": []}
         self.totals = {"images": 0, "pixels": 0, "tokens": 0, "encode_seconds": 0.0, "decode_seconds": 0.0}
         self.histogram = has_histogram(tokenizer.vocab_size)
         self.counts = torch.zeros(tokenizer.vocab_size if self.histogram else 1, device=self.device,
@@ -92,6 +94,9 @@ class EvaluationMeter:
         self.values["sharpness"] += sharpness(decoded, batch).tolist()
         if self.lpips is not None:
             self.values["lpips"] += self.lpips(decoded, batch).tolist()
+        if self.max_depth is not None:
+            for name, values in depth_errors(decoded, batch, self.max_depth).items():
+                self.values[name] += values.tolist()
         if self.fid is not None:
             self.fid.update(batch, decoded)
         if self.budget is not None:
@@ -140,6 +145,9 @@ class EvaluationMeter:
             "lpips": float(np.mean(self.values["lpips"])) if self.values["lpips"] else None,
             "rfid": self.fid.compute() if self.fid is not None else None,
             "psnr_per_image": self.values["psnr"],
+            **({"depth": {"max_depth": self.max_depth,
+                          **{k: float(np.mean(self.values[k])) for k in ("abs_rel", "rmse", "delta1")}}}
+               if self.values["abs_rel"] else {}),
             "tokens_per_image": self.totals["tokens"] / n,
             "tokens_per_image_spread": {"std": float(np.std(self.values["tokens"])),
                                         "min": int(min(self.values["tokens"])), "max": int(max(self.values["tokens"]))},
@@ -197,6 +205,7 @@ def evaluate(
     text_encoder: TextEncoder | None = None,
     terms: dict[str, LossTerm] | None = None,
     sampling: dict[str, Any] | None = None,
+    max_depth: float | None = None,
 ) -> tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor]]:
     """Reconstruct each image and measure it.
 
@@ -211,6 +220,8 @@ def evaluate(
         text_encoder: embeds the samples' ``caption`` for a caption-conditioned tokenizer and for ``terms``.
         terms: a run's semantic loss terms: adds their held-out figures (:mod:`vtok.eval.semantic`).
         sampling: a generative decoder's sampler settings and comparisons (see :class:`EvaluationMeter`).
+        max_depth: depth maps (one channel): metres at ``+1``; adds ``depth`` (``abs_rel``, ``rmse`` in metres,
+            ``delta1``) to the report. Codec baselines are for RGB and are skipped for one-channel images.
 
     Returns:
         ``(report, originals, reconstructions, seed_rows)``; the report holds per-set means (``psnr``, ``ssim``,
@@ -218,7 +229,7 @@ def evaluate(
         (generative decoders) are originals then one ``(n, 3, H, W)`` row per seed, else empty.
     """
     meter = EvaluationMeter(tokenizer, fid, lpips, target_psnr, keep_images=baseline_max_images,
-                            grid_images=grid_images, sampling=sampling)
+                            grid_images=grid_images, sampling=sampling, max_depth=max_depth)
     semantic = TermMeter(tokenizer, terms or {})
     skipped: dict[str, int] = {}  # unusable samples by kind (undecodable, too_small, ...), left out of every metric
     if tokenizer.condition_dim is not None and text_encoder is None:
@@ -256,7 +267,7 @@ def evaluate(
             totals[kind] = totals.get(kind, 0) + count
     report["skipped_samples"] = totals
     report.update(semantic.report())
-    if baselines and report["bits_per_pixel"] > 0 and meter.kept and rank() == 0:
+    if baselines and report["bits_per_pixel"] > 0 and meter.kept and meter.kept[0].shape[0] == 3 and rank() == 0:
         report.update(meter.baselines(report))
     return report, meter.originals, meter.reconstructions, meter.sampling.picture if meter.sampling else []
 

@@ -1,5 +1,6 @@
 """Image quality metrics on 8-bit values, as reported by codecs: PSNR (defined once, in :mod:`vtok.images`), SSIM,
-and a sharpness ratio (how much of the originals' fine detail the reconstructions keep)."""
+and a sharpness ratio (how much of the originals' fine detail the reconstructions keep); and for depth maps the
+errors depth estimation reports, in metres."""
 
 from __future__ import annotations
 
@@ -10,7 +11,24 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from vtok.images import psnr, to_uint8
 
-__all__ = ["psnr", "sharpness", "ssim"]
+__all__ = ["depth_errors", "psnr", "sharpness", "ssim"]
+
+
+def depth_errors(reconstruction: Tensor, target: Tensor, max_depth: float, min_depth: float = 1e-3
+                 ) -> dict[str, Tensor]:
+    """``(B, 1, H, W)`` depth maps in ``[-1, 1]`` (``max_depth`` metres at ``+1``) -> per image ``(B,)``:
+    ``abs_rel`` (mean ``|d' - d| / d``), ``rmse`` (metres) and ``delta1`` (share of pixels with
+    ``max(d'/d, d/d') < 1.25``), over the pixels whose true depth exceeds ``min_depth`` (0 marks no measurement)."""
+    predicted = (reconstruction.float().clamp(-1, 1) + 1) * (max_depth / 2)
+    true = (target.float().clamp(-1, 1) + 1) * (max_depth / 2)
+    valid = (true > min_depth).float()
+    count = valid.flatten(1).sum(1).clamp_min(1)
+    predicted = predicted.clamp_min(min_depth)
+    abs_rel = ((predicted - true).abs() / true.clamp_min(min_depth) * valid).flatten(1).sum(1) / count
+    rmse = (((predicted - true) ** 2 * valid).flatten(1).sum(1) / count).sqrt()
+    ratio = torch.maximum(predicted / true.clamp_min(min_depth), true / predicted)
+    delta1 = ((ratio < 1.25).float() * valid).flatten(1).sum(1) / count
+    return {"abs_rel": abs_rel, "rmse": rmse, "delta1": delta1}
 
 
 def ssim(reconstruction: Tensor, target: Tensor) -> Tensor:

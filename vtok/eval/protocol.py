@@ -71,7 +71,7 @@ def evaluate_from_config(tokenizer: Tokenizer, loader: Any, eval_cfg: Any, data_
         tokenizer, loader, out_dir, max_images=eval_cfg.get("max_images"), baselines=eval_cfg.get("baselines", True),
         baseline_max_images=eval_cfg.get("baseline_max_images", 64), fid=fid, lpips=lpips,
         target_psnr=eval_cfg.get("target_psnr"), text_encoder=text_encoder, terms=terms,
-        sampling=_plain(eval_cfg.get("sampling")),
+        sampling=_plain(eval_cfg.get("sampling")), max_depth=eval_cfg.get("max_depth"),
         extra={"protocol": protocol, "skipped_metrics": skipped, **(extra or {})},
     )
 

@@ -17,11 +17,32 @@ from torch import Tensor, nn
 from vtok.modules.flow import SamplerSettings
 
 
+@dataclass
+class EncoderOutput:
+    """What :meth:`Encoder.forward_tokens` returns.
+
+    Attributes:
+        features: ``(B, *layout, out_dim)`` for the bottleneck.
+        named: ``{name: (B, *grid, width)}``, the intermediate features asked for.
+        lengths: ``(B,)`` tokens each image keeps, for encoders that choose the count per image (LaVIT): the kept
+            tokens come first, positions at or after ``lengths[b]`` are padding. ``None``: the whole layout.
+        losses: the encoder's own weighted losses (a keep-ratio target), added to the bottleneck's.
+        stats: detached statistics for logging.
+    """
+
+    features: Tensor
+    named: dict[str, Tensor] = field(default_factory=dict)
+    lengths: Tensor | None = None
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
 class Encoder(nn.Module):
     """Images ``(B, C, H, W)`` in ``[-1, 1]`` -> features ``(B, *layout, out_dim)`` for the bottleneck.
 
     Subclasses set ``out_dim`` and ``feature_names`` and implement :meth:`grid_shape` and
-    :meth:`forward_features`.
+    :meth:`forward_features`; an encoder that chooses each image's token count (or has losses of its own)
+    overrides :meth:`forward_tokens` too, which is what the tokenizer calls.
 
     Attributes:
         out_dim: size ``D`` of the features handed to the bottleneck.
@@ -48,6 +69,12 @@ class Encoder(nn.Module):
             ValueError: a ``condition`` given to an encoder without ``condition_dim`` (or missing for one with it).
         """
         raise NotImplementedError
+
+    def forward_tokens(self, images: Tensor, names: Collection[str] = (), condition: Tensor | None = None
+                       ) -> EncoderOutput:
+        """``(B, C, H, W)`` -> :class:`EncoderOutput` (by default :meth:`forward_features`, every token kept)."""
+        features, named = self.forward_features(images, names, condition)
+        return EncoderOutput(features, named)
 
     def forward(self, images: Tensor, condition: Tensor | None = None) -> Tensor:
         """``(B, C, H, W)`` -> ``(B, *layout, out_dim)``."""

@@ -23,7 +23,7 @@ from vtok.images import psnr
 from vtok.modules.flow import SamplerSettings
 from vtok.quantizers import QuantizerOutput, build_quantizer
 
-from .parts import Decoder, DecoderLoss, Encoder
+from .parts import Decoder, DecoderLoss, Encoder, EncoderOutput
 from .registry import DECODERS, ENCODERS, EXPANDERS, FAMILIES
 from .serialization import load_pretrained, save_pretrained
 from .tokens import TokenizerOutput, Tokens
@@ -175,11 +175,12 @@ class Tokenizer(nn.Module):
         return (*names, "expanded") if self.expander is not None else names
 
     def _tokenize(self, images: Tensor, encoder_features: Collection[str] = (), text: Tensor | None = None
-                  ) -> tuple[Tokens, QuantizerOutput, Tensor, dict[str, Tensor]]:
-        features, intermediate = self.encoder.forward_features(images, encoder_features, text)
-        q = self.quantizer(features)
-        tokens = Tokens(indices=q.indices, latents=q.quantized, layout=tuple(features.shape[1:-1]), condition=text)
-        return tokens, q, features, intermediate
+                  ) -> tuple[Tokens, QuantizerOutput, EncoderOutput]:
+        encoded = self.encoder.forward_tokens(images, encoder_features, text)
+        q = self.quantizer(encoded.features)
+        tokens = Tokens(indices=q.indices, latents=q.quantized, layout=tuple(encoded.features.shape[1:-1]),
+                        lengths=encoded.lengths, condition=text)
+        return tokens, q, encoded
 
     def _decoder_input(self, latents: Tensor) -> tuple[Tensor, Tensor | None]:
         inputs = self.quantizer.decoder_input(latents)
@@ -238,8 +239,9 @@ class Tokenizer(nn.Module):
         if unknown:
             raise KeyError(f"unknown tokenizer features {unknown}; this tokenizer has {list(self.feature_names)}")
         wanted = {name.removeprefix("encoder.") for name in features if name.startswith("encoder.")}
-        tokens, q, encoded, intermediate = self._tokenize(images, wanted, text)
-        named = {f"encoder.{name}": value for name, value in intermediate.items()}
+        tokens, q, encoder_output = self._tokenize(images, wanted, text)
+        encoded = encoder_output.features
+        named = {f"encoder.{name}": value for name, value in encoder_output.named.items()}
         decoder_losses: dict[str, Tensor] = {}
         if self.decoder.generative:  # no decode: the flow trains on its velocity at a random time
             decoder_wanted = [n.removeprefix("decoder.") for n in features if n.startswith("decoder.")]
@@ -248,14 +250,15 @@ class Tokenizer(nn.Module):
             reconstruction, decoder_losses["flow"] = result.estimate, result.loss
             named.update({f"decoder.{name}": value for name, value in result.features.items()})
         else:
-            reconstruction, expanded = self._decode_latents(tokens.latents, text=text)
+            reconstruction, expanded = self._decode_latents(tokens.latents, tokens.lengths, text=text)
         named.update({"encoder": encoded, "quantized": tokens.latents})
         named.update({f"quantized.{p}": self.quantizer.select(tokens.latents, p)
                       for p in self.quantizer.codebook_parts})
         if expanded is not None:
             named["expanded"] = expanded
         kept = {name: named[name] for name in (*features, *(("expanded",) if expanded is not None else ()))}
-        return TokenizerOutput(reconstruction, tokens, q.losses, q.stats, kept, decoder_losses)
+        return TokenizerOutput(reconstruction, tokens, {**q.losses, **encoder_output.losses},
+                               {**q.stats, **encoder_output.stats}, kept, decoder_losses)
 
     def encode(self, images: Tensor, num_tokens: int | None = None, target_psnr: float | None = None,
                text: Tensor | None = None) -> Tokens:
