@@ -110,7 +110,7 @@ def _tar(tmp_path, samples):
 def test_missing_columns_splits_and_an_unreachable_hub_id_name_their_keys(dataset, tmp_path, monkeypatch):
     with pytest.raises(KeyError, match=r"data\.hf\.image_column=picture.*\['image', 'captions'\]"):
         _source(dataset, tmp_path, image_column="picture")
-    with pytest.raises(KeyError, match=r"no split 'test'"):
+    with pytest.raises(KeyError, match=r"no split named test"):
         _source(dataset, tmp_path, split="test")
     with pytest.raises(KeyError, match=r"data\.hf\.caption_column=text"):
         _source(dataset, tmp_path, caption_column="text", streaming=True)

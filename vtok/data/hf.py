@@ -225,7 +225,7 @@ def open_split(source: HFImages):
         if path.is_dir() and (path / "dataset_dict.json").exists():
             table = datasets.load_from_disk(str(path))
             if source.split not in table:
-                raise KeyError(f"{SPLIT_KEYS}: no split {source.split!r}; {path} has the splits {sorted(table)}")
+                raise KeyError(f"{SPLIT_KEYS}: no split named {source.split}; {path} has the splits {sorted(table)}")
             table = table[source.split]
         elif path.is_dir() and (path / "state.json").exists():
             table = datasets.load_from_disk(str(path))
@@ -241,7 +241,7 @@ def open_split(source: HFImages):
         raise
     except ValueError as error:
         if "split" in str(error).lower():
-            raise KeyError(f"{SPLIT_KEYS}: no split {source.split!r} ({error})") from error
+            raise KeyError(f"{SPLIT_KEYS}: no split named {source.split} ({error})") from error
         raise
     except Exception as error:  # offline hub, missing dataset: the many types datasets and the hub raise
         if path.exists():
@@ -286,7 +286,7 @@ def open_files(source: HFImages) -> list[str]:
                 f"({type(error).__name__}: {str(error)[:300]})") from error
         splits = builder.config.data_files or {}
         if source.split not in splits:
-            raise KeyError(f"{SPLIT_KEYS}: no split {source.split!r}; {source.path} has the splits {sorted(splits)}")
+            raise KeyError(f"{SPLIT_KEYS}: no split named {source.split}; {source.path} has the splits {sorted(splits)}")
         files = [str(f) for f in splits[source.split]]
     if not files:
         raise FileNotFoundError(f"{PATH_KEY}={source.path}: no files for split {source.split!r}")
