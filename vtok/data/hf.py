@@ -286,7 +286,8 @@ def open_files(source: HFImages) -> list[str]:
                 f"({type(error).__name__}: {str(error)[:300]})") from error
         splits = builder.config.data_files or {}
         if source.split not in splits:
-            raise KeyError(f"{SPLIT_KEYS}: no split named {source.split}; {source.path} has the splits {sorted(splits)}")
+            raise KeyError(f"{SPLIT_KEYS}: no split named {source.split}; {source.path} has the splits "
+                           f"{sorted(splits)}")
         files = [str(f) for f in splits[source.split]]
     if not files:
         raise FileNotFoundError(f"{PATH_KEY}={source.path}: no files for split {source.split!r}")
