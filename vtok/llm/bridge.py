@@ -56,20 +56,8 @@ class ImageToText(nn.Module):
                  chat_template: bool = False, markers: bool = True, gradient_checkpointing: bool = False,
                  max_caption_tokens: int = 64, config_key: str = "llm.source") -> None:
         super().__init__()
-        if train not in TRAIN_MODES:
-            raise ValueError(f"llm train={train!r}: use one of {list(TRAIN_MODES)}")
-        extra = {"gguf_file": gguf_file} if gguf_file else {}
-        model = load_transformers_model(source, config, config_key, "language model", "AutoModelForCausalLM",
-                                        **extra)
-        self.tokenizer = load_lm_tokenizer(source, gguf_file, model)
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        if train == "lora":
-            model = with_lora(model, lora or {})
-        elif train == "frozen":
-            model = Frozen(model)  # never trained, never saved: reloaded from its source
-        else:
-            model.train()
+        model, self.tokenizer, _ = load_causal_lm(source, gguf_file, config, train, lora, gradient_checkpointing,
+                                                  config_key)
         self.lm, self.train_mode = model, train
         self.hidden_size = int(self.language_model.config.hidden_size)
         self.projector = Projector(in_dim, self.hidden_size, **(projector or {}))
@@ -169,6 +157,26 @@ class ImageToText(nn.Module):
                                                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
             out.append(self.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True).strip())
         return out
+
+
+def load_causal_lm(source: str | None, gguf_file: str | None, config: dict[str, Any] | None, train: str,
+                   lora: dict[str, Any] | None, gradient_checkpointing: bool, config_key: str
+                   ) -> tuple[nn.Module, Any, nn.Module]:
+    """A causal LM as a bridge holds it: ``(held, tokenizer, model)``, where ``held`` is the model in a
+    :class:`Frozen` holder (``train=frozen``: never trained, never saved, reloaded from its source), with LoRA
+    adapters (``lora``) or itself in training mode (``full``), and ``model`` the bare ``transformers`` model."""
+    if train not in TRAIN_MODES:
+        raise ValueError(f"llm train={train!r}: use one of {list(TRAIN_MODES)}")
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    model = load_transformers_model(source, config, config_key, "language model", "AutoModelForCausalLM", **extra)
+    tokenizer = load_lm_tokenizer(source, gguf_file, model)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if train == "lora":
+        return with_lora(model, lora or {}), tokenizer, model
+    if train == "frozen":
+        return Frozen(model), tokenizer, model
+    return model.train(), tokenizer, model
 
 
 def text_ids(tokenizer: Any, text: str) -> list[int]:

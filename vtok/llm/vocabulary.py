@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vtok.teachers.loading import Frozen, load_transformers_model
+from vtok.teachers.loading import Frozen
 
-from .bridge import IGNORE, TRAIN_MODES, load_lm_tokenizer, text_ids, with_lora
+from .bridge import IGNORE, load_causal_lm, text_ids
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +50,14 @@ class ImageVocabulary(nn.Module):
                  text_to_image: float = 0.5, max_caption_tokens: int = 64, gradient_checkpointing: bool = False,
                  config_key: str = "llm.source") -> None:
         super().__init__()
-        if train not in TRAIN_MODES:
-            raise ValueError(f"llm train={train!r}: use one of {list(TRAIN_MODES)}")
         if not 0.0 <= text_to_image <= 1.0:
             raise ValueError(f"text_to_image={text_to_image}: a share between 0 and 1")
-        extra = {"gguf_file": gguf_file} if gguf_file else {}
-        model = load_transformers_model(source, config, config_key, "language model", "AutoModelForCausalLM",
-                                        **extra)
-        self.tokenizer = load_lm_tokenizer(source, gguf_file, model)
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        held, self.tokenizer, model = load_causal_lm(source, gguf_file, config, train, lora, gradient_checkpointing,
+                                                     config_key)
         table = model.get_input_embeddings().weight
         self.text_vocab, self.hidden_size = int(table.shape[0]), int(table.shape[1])
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
-        if train == "lora":
-            model = with_lora(model, lora or {})
-        elif train == "frozen":
-            model = Frozen(model)
-        else:
-            model.train()
-        self.lm, self.train_mode = model, train
+        self.lm, self.train_mode = held, train
         self.codebook_size = codebook_size
         self.input_rows = nn.Parameter(torch.zeros(codebook_size + 2, self.hidden_size))
         self.output_rows = None if self.tied else nn.Parameter(torch.zeros(codebook_size + 2, self.hidden_size))
