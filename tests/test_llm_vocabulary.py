@@ -54,6 +54,21 @@ def test_the_loss_over_image_ids_is_the_hand_computed_cross_entropy():
     by_hand = [-F.log_softmax(logits[start - 1 + i], -1)[ids[start + i]] for i in range(len(codes) + 1)]
     assert float(losses["text_to_image"]) == pytest.approx(float(torch.stack(by_hand).mean()), rel=1e-5)
     assert float(losses["image_codes"]) == pytest.approx(float(torch.stack(by_hand[:-1]).mean()), rel=1e-5)
+    first_code = vocabulary.text_vocab + 2  # among the codes alone: the softmax over the code ids only
+    among = [-F.log_softmax(logits[start - 1 + i, first_code:], -1)[int(c)] for i, c in enumerate(codes)]
+    assert float(losses["image_codes_among_codes"]) == pytest.approx(float(torch.stack(among).mean()), rel=1e-5)
+
+
+def test_new_rows_start_near_the_mean_row_keeping_the_codes_geometry():
+    torch.manual_seed(0)
+    vocabulary = ImageVocabulary(3, config=LLAMA)
+    vectors = torch.tensor([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0]])  # codes 0 and 1 close, 2 far
+    vocabulary.initialise(vectors, scale=0.1)
+    table = vocabulary.language_model.get_input_embeddings().weight.detach()
+    offsets = vocabulary.input_rows.detach() - table.mean(0)
+    assert torch.allclose(offsets.norm(dim=-1), torch.full((5,), 0.1 * float(table.norm(dim=-1).mean())))
+    cosine = F.normalize(offsets[2:], dim=-1) @ F.normalize(offsets[2:], dim=-1).T
+    assert cosine[0, 1] > 0.9 and cosine[0, 2] < -0.9
 
 
 def test_one_images_padding_does_not_change_anothers_loss():
@@ -108,6 +123,10 @@ def test_a_frozen_llm_trains_only_the_new_rows(compose_run):
     report = result["report"]["semantic"]["vocabulary"]
     assert report["num_images"] > 0 and report["unigram_baseline"] > 0
     assert report["text_to_image_loss"] > 0 and report["image_to_text_loss"] > 0
+    # the codes of both training steps were counted; no unigram model beats the held-out codes' own entropy
+    assert report["training_codes_counted"] == 2 * cfg.data.batch_size * result["report"]["tokens_per_image"]
+    assert report["unigram_fitted_on_training"] > report["unigram_baseline"]
+    assert report["text_to_image_among_codes"] <= report["text_to_image_loss"] + 1e-6
 
 
 def test_export_and_generate_from_the_exported_folder(compose_run, tmp_path):

@@ -9,41 +9,29 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vtok.checkpoint import load_tokenizer, read_checkpoint, tokenizer_from_checkpoint
 from vtok.cli import key
 from vtok.cli import run as run_command
 from vtok.data.transforms import ImageTransform
 from vtok.tokenizers import Tokenizer
 
 from .bridge import ImageToText
-from .export import bridge_from_checkpoint, build_bridge, load_bridge
+from .export import load_with_bridge
 
 
 def load(source: str, weights: str = "live") -> tuple[Tokenizer, ImageToText, str]:
     """``(tokenizer, bridge, feature)`` from an ETT checkpoint or an exported folder.
 
     Raises:
-        ValueError: the checkpoint has no LLM caption term.
+        ValueError: no LLM caption term there (or an image vocabulary in its place).
     """
-    path = Path(source)
-    if path.suffix == ".ckpt":
-        checkpoint = read_checkpoint(path)
-        tokenizer = tokenizer_from_checkpoint(checkpoint, weights)[0]
-        found = bridge_from_checkpoint(checkpoint, "llm_caption")
-        if found is None:
-            raise ValueError(f"{path} is not an ETT checkpoint: it holds no LLM caption term")
-        record, state = found
-        return tokenizer, build_bridge(record, state), record["feature"]
-    tokenizer = load_tokenizer(path, weights=weights)[0]
-    bridge, record = load_bridge(path)
+    tokenizer, bridge, record = load_with_bridge(source, "llm_caption", weights)
     if not isinstance(bridge, ImageToText):
-        raise ValueError(f"{path}'s LLM bridge is an image vocabulary: caption with python -m vtok.llm.generate")
+        raise ValueError(f"{source}'s LLM bridge is an image vocabulary: caption with python -m vtok.llm.generate")
     return tokenizer, bridge, record["feature"]
 
 

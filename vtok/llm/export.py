@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from vtok.checkpoint import TrainingCheckpoint
+from vtok.checkpoint import TrainingCheckpoint, load_tokenizer, read_checkpoint, tokenizer_from_checkpoint
+from vtok.tokenizers import Tokenizer
 from vtok.tokenizers.safetensors_header import read_header
 from vtok.tokenizers.serialization import UnsafeConfigError, check_plain, check_regular_file, read_config
 
@@ -94,3 +95,24 @@ def load_bridge(folder: str | Path) -> tuple[ImageToText | ImageVocabulary, dict
     check_regular_file(folder / WEIGHTS_NAME)
     read_header(folder / WEIGHTS_NAME)  # offsets, dtypes and size checked before anything is read
     return build_bridge(record, load_file(str(folder / WEIGHTS_NAME))), record
+
+
+def load_with_bridge(source: str | Path, kind: str, weights: str
+                     ) -> tuple[Tokenizer, ImageToText | ImageVocabulary, dict[str, Any]]:
+    """``(tokenizer, bridge, record)`` from a run's checkpoint (``.ckpt``: its LLM term of record ``kind``) or a
+    folder exported with ``vtok-export`` (tokenizer + ``llm_bridge/``).
+
+    Raises:
+        ValueError: the checkpoint holds no LLM term of that kind.
+    """
+    path = Path(source)
+    if path.suffix == ".ckpt":
+        checkpoint = read_checkpoint(path)
+        found = bridge_from_checkpoint(checkpoint, kind)
+        if found is None:
+            raise ValueError(f"{path} holds no LLM term of kind {kind!r} (llm_caption: an ETT run; llm_vocabulary: "
+                             "experiment=llm_vocabulary)")
+        record, state = found
+        return tokenizer_from_checkpoint(checkpoint, weights)[0], build_bridge(record, state), record
+    bridge, record = load_bridge(path)
+    return load_tokenizer(path, weights=weights)[0], bridge, record

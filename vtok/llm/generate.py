@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 
-from vtok.checkpoint import load_tokenizer, read_checkpoint, tokenizer_from_checkpoint
 from vtok.cli import key
 from vtok.cli import run as run_command
 from vtok.images import image_grid
 from vtok.tokenizers import Tokenizer
 
-from .export import bridge_from_checkpoint, build_bridge, load_bridge
+from .export import load_with_bridge
 from .vocabulary import ImageVocabulary
 
 
@@ -31,19 +30,10 @@ def load(source: str, weights: str = "ema") -> tuple[Tokenizer, ImageVocabulary]
     Raises:
         ValueError: the checkpoint or folder holds no image vocabulary.
     """
-    path = Path(source)
-    if path.suffix == ".ckpt":
-        checkpoint = read_checkpoint(path)
-        tokenizer = tokenizer_from_checkpoint(checkpoint, weights)[0]
-        found = bridge_from_checkpoint(checkpoint, "llm_vocabulary")
-        if found is None:
-            raise ValueError(f"{path} holds no LLM vocabulary term: train one with experiment=llm_vocabulary")
-        vocabulary = build_bridge(*found)
-    else:
-        tokenizer = load_tokenizer(path, weights=weights)[0]
-        vocabulary, _ = load_bridge(path)
+    tokenizer, vocabulary, _ = load_with_bridge(source, "llm_vocabulary", weights)
     if not isinstance(vocabulary, ImageVocabulary):
-        raise ValueError(f"{path}'s LLM bridge reads code embeddings (ETT) and writes no image ids: nothing to draw")
+        raise ValueError(f"{source}'s LLM bridge reads code embeddings (ETT) and writes no image ids: nothing to "
+                         "draw")
     return tokenizer.eval(), vocabulary.eval()
 
 

@@ -100,24 +100,27 @@ class ImageVocabulary(nn.Module):
         return [p for p in self.lm.parameters() if p.requires_grad]
 
     @torch.no_grad()
-    def initialise(self, code_vectors: Tensor | None, seed: int = 0) -> None:
-        """Set the new rows: codes from their ``(K, D)`` vectors through a fixed random projection to the LM's
-        width, rescaled to the LM's mean row norm (so the codes start as far apart as the tokenizer put them);
-        the markers from the LM's mean row plus noise. ``None``: random rows of that norm."""
+    def initialise(self, code_vectors: Tensor | None, seed: int = 0, scale: float = 0.1) -> None:
+        """Set the new rows to the LM's mean row plus an offset per id: for a code, its ``(K, D)`` vector through
+        a fixed random projection to the LM's width (``None``: a random direction), for the markers noise; each
+        offset ``scale`` times the LM's mean row norm long.
+
+        Starting near the mean row (as ``transformers``' mean resizing does) keeps the new ids from swamping the
+        LM's predictions at first: rows at the full row norm start tens of nats off. The projection keeps the
+        tokenizer's geometry, so codes it put close start close."""
         table = self.language_model.get_input_embeddings().weight.float()
         norm = float(table.norm(dim=-1).mean())
         generator = torch.Generator().manual_seed(seed)
         if code_vectors is None:
-            codes = torch.randn(self.codebook_size, self.hidden_size, generator=generator)
+            offsets = torch.randn(self.codebook_size, self.hidden_size, generator=generator)
         else:
             vectors = code_vectors.detach().float().cpu()
             vectors = vectors - vectors.mean(0)
             projection = torch.randn(vectors.shape[1], self.hidden_size, generator=generator)
-            codes = vectors @ projection / math.sqrt(vectors.shape[1])
-        codes = codes / codes.norm(dim=-1, keepdim=True).clamp_min(1e-8) * norm
-        markers = table.mean(0).cpu() + torch.randn(2, self.hidden_size, generator=generator) * norm * 0.1 / math.sqrt(
-            self.hidden_size)
-        rows = torch.cat([markers, codes]).to(self.input_rows)
+            offsets = vectors @ projection / math.sqrt(vectors.shape[1])
+        offsets = torch.cat([torch.randn(2, self.hidden_size, generator=generator), offsets])
+        offsets = offsets / offsets.norm(dim=-1, keepdim=True).clamp_min(1e-8) * norm * scale
+        rows = (table.mean(0).cpu() + offsets).to(self.input_rows)
         self.input_rows.copy_(rows)
         if self.output_rows is not None:
             self.output_rows.copy_(rows)
@@ -180,8 +183,9 @@ class ImageVocabulary(nn.Module):
 
     def loss(self, codes: list[Tensor], captions: list[str], directions: list[str]) -> dict[str, Tensor]:
         """Mean next-token loss over the labelled positions: ``{"loss"}`` over all, per direction present
-        (``image_to_text``, ``text_to_image``: the latter over code ids and the end-of-image id), and
-        ``image_codes`` over the code ids alone."""
+        (``image_to_text``, ``text_to_image``: the latter over code ids and the end-of-image id),
+        ``image_codes`` over the code ids alone, and ``image_codes_among_codes`` there with the softmax over the
+        code ids only (the choice generation makes)."""
         device = self.input_rows.device
         ids, mask, labels = self.batch([self.sequence(c, t, d) for c, t, d in zip(codes, captions, directions)],
                                        device)
@@ -194,6 +198,9 @@ class ImageVocabulary(nn.Module):
         codes_only = counted & (targets >= self.text_vocab + 2)
         if codes_only.any():
             out["image_codes"] = per_token[codes_only].mean()
+            # What generation faces: it samples among the code ids only, so the text ids' share drops out.
+            among = logits[codes_only][:, self.text_vocab + 2:]
+            out["image_codes_among_codes"] = F.cross_entropy(among, self.codes(targets[codes_only]))
         for direction in DIRECTIONS:
             rows = torch.tensor([d == direction for d in directions], device=device)[:, None] & counted
             if rows.any():

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vtok.distributed import gather_list
+from vtok.distributed import all_reduce_sum, gather_list
 from vtok.losses.term import LossTerm, TermEvaluation, TermInputs
 from vtok.tokenizers import Tokenizer
 from vtok.tokenizers.tokenizer import plain_data
@@ -33,15 +33,17 @@ class VocabularyLoss(LossTerm):
         lr: learning rate of the new rows (``None``: the module's ``lr``).
         llm_lr: learning rate of the LLM's own weights (``train=full`` or ``lora``).
         seed: seed of the new rows' initial projection.
+        init_scale: the new rows start at the LM's mean row plus an offset this share of its row norm long
+            (:meth:`ImageVocabulary.initialise`).
     """
 
     needs_captions = True
 
     def __init__(self, llm: dict[str, Any], weight: float = 1.0, lr: float | None = None, llm_lr: float = 1.0e-5,
-                 seed: int = 0) -> None:
+                 seed: int = 0, init_scale: float = 0.1) -> None:
         super().__init__()
         self.llm_config = dict(llm)
-        self.weight, self.lr, self.llm_lr, self.seed = weight, lr, llm_lr, seed
+        self.weight, self.lr, self.llm_lr, self.seed, self.init_scale = weight, lr, llm_lr, seed, init_scale
         self.vocabulary: ImageVocabulary | None = None
 
     def bind_tokenizer(self, tokenizer: Tokenizer) -> None:
@@ -51,7 +53,10 @@ class VocabularyLoss(LossTerm):
             raise ValueError("the LLM vocabulary term needs a discrete tokenizer: this one is continuous")
         self.vocabulary = ImageVocabulary(int(tokenizer.vocab_size), **self.llm_config)
         self.vocabulary.to(next(tokenizer.parameters()).device)
-        self.vocabulary.initialise(code_vectors(tokenizer), self.seed)
+        self.vocabulary.initialise(code_vectors(tokenizer), self.seed, self.init_scale)
+        # how often training saw each code: the caption-blind unigram model evaluation compares against
+        self.register_buffer("code_counts", torch.zeros(self.vocabulary.codebook_size, dtype=torch.float64,
+                                                        device=self.vocabulary.input_rows.device))
 
     def _vocabulary(self) -> ImageVocabulary:
         if self.vocabulary is None:
@@ -81,6 +86,8 @@ class VocabularyLoss(LossTerm):
         if inputs.captions is None:
             raise ValueError("the LLM vocabulary term got a batch without captions")
         codes = token_sequences(inputs.output.tokens)
+        if self.training:
+            self.code_counts += torch.bincount(torch.cat(codes).long(), minlength=len(self.code_counts))
         losses = self._vocabulary().loss(codes, list(inputs.captions), self.directions(len(codes)))
         return self.weight * losses["loss"], {k: v.detach() for k, v in losses.items()}
 
@@ -101,18 +108,22 @@ def code_vectors(tokenizer: Tokenizer) -> Tensor | None:
 
 
 class VocabularyEvaluation(TermEvaluation):
-    """Held-out loss in each direction, with the caption -> image-token loss beside a unigram baseline (the
-    codes' frequencies in the held-out images themselves, a lower bound for any order-free guess)."""
+    """Held-out loss in each direction, with the caption -> image-token loss beside two unigram baselines: the
+    entropy of the held-out codes' own frequencies (a lower bound for any order-free guess) and a unigram model
+    of the codes training saw."""
 
     protocol = ("mean next-token loss per held-out image in each direction (image -> caption over caption tokens; "
-                "caption -> image over the code ids), the first caption of each image; the unigram "
-                "baseline is the entropy (nats) of the held-out code frequencies")
+                "caption -> image over the code ids, with the softmax over the whole vocabulary and over the code "
+                "ids only, as generation samples), the first caption of each image; the unigram baseline is the "
+                "entropy (nats) of the held-out code frequencies (the best any caption-blind, order-blind guess "
+                "can do), beside the cross-entropy of a unigram model fit on the codes training saw (add-one)")
 
     def __init__(self, term: VocabularyLoss) -> None:
         self.term = term
-        self.losses: dict[str, list[float]] = {d: [] for d in DIRECTIONS}
+        self.losses: dict[str, list[float]] = {d: [] for d in (*DIRECTIONS, "among_codes")}
         self.counts: Counter[int] = Counter()
         self.images = 0
+        self.trained_counts: Tensor | None = None
 
     @torch.no_grad()
     def update(self, inputs: TermInputs) -> None:
@@ -123,10 +134,13 @@ class VocabularyEvaluation(TermEvaluation):
             for direction in DIRECTIONS:
                 losses = vocabulary.loss([codes], [caption], [direction])
                 self.losses[direction].append(float(losses["image_codes" if direction == "text_to_image" else "loss"]))
+                if direction == "text_to_image":
+                    self.losses["among_codes"].append(float(losses["image_codes_among_codes"]))
             self.counts.update(codes.tolist())
             self.images += 1
 
     def gather(self) -> None:
+        self.trained_counts = all_reduce_sum(self.term.code_counts.clone())
         self.losses = {d: gather_list(v) for d, v in self.losses.items()}
         merged: Counter[int] = Counter()
         for part in gather_list([dict(self.counts)]):
@@ -139,8 +153,16 @@ class VocabularyEvaluation(TermEvaluation):
         total = sum(self.counts.values())
         unigram = -sum(c / total * math.log(c / total) for c in self.counts.values())
         losses = {d: sum(v) / len(v) for d, v in self.losses.items()}
-        summary = [f"caption -> image tokens {losses['text_to_image']:.3f} nats per token (unigram baseline "
-                   f"{unigram:.3f}, uniform {math.log(self.term._vocabulary().codebook_size):.3f}); image -> caption "
+        trained = (self.trained_counts if self.trained_counts is not None else self.term.code_counts).double()
+        # the unigram model of the training codes (add-one smoothed) on the held-out codes
+        fitted = ((trained + 1) / (trained.sum() + len(trained))).log().tolist()
+        unigram_fitted = -sum(c * fitted[k] for k, c in self.counts.items()) / total
+        summary = [f"caption -> image tokens {losses['text_to_image']:.3f} nats per token over the whole vocabulary, "
+                   f"{losses['among_codes']:.3f} among the codes (unigram baseline {unigram:.3f}, uniform "
+                   f"{math.log(self.term._vocabulary().codebook_size):.3f}, a unigram fit on the training codes "
+                   f"{unigram_fitted:.3f}); image -> caption "
                    f"{losses['image_to_text']:.3f}, over {self.images} held-out images"]
-        return {"text_to_image_loss": losses["text_to_image"], "image_to_text_loss": losses["image_to_text"],
-                "unigram_baseline": unigram, "num_images": self.images, "summary": summary}
+        return {"text_to_image_loss": losses["text_to_image"], "text_to_image_among_codes": losses["among_codes"],
+                "image_to_text_loss": losses["image_to_text"], "unigram_baseline": unigram,
+                "unigram_fitted_on_training": unigram_fitted, "training_codes_counted": int(trained.sum()),
+                "num_images": self.images, "summary": summary}
