@@ -190,3 +190,20 @@ def test_seed_tokens_trained_contrastive_and_reconstructing_retrieve_held_out_ca
     # measured: R@1 6% -> 28% (chance 3%), held-out MSE 0.76 -> 0.18
     assert recall >= 4 * chance and recall > recall_before, (recall_before, recall, chance)
     assert error < 0.7 * error_before, (error_before, error)
+
+
+def test_an_exported_dynamic_length_tokenizer_gives_the_same_lengths(tmp_path):
+    from vtok import Tokenizer
+    from vtok.data import SyntheticCaptions
+
+    images = torch.stack([SyntheticCaptions(length=8, size=32, seed=5)[i]["image"] for i in range(8)])
+    tokenizer = _lavit(0.5).eval()
+    with torch.no_grad():
+        before = tokenizer.encode(images)
+    assert before.lengths.unique().numel() > 1  # lengths of their own, even untrained
+    tokenizer.save_pretrained(tmp_path / "lavit")
+    loaded = Tokenizer.from_pretrained(tmp_path / "lavit").eval()
+    with torch.no_grad():
+        after = loaded.encode(images)
+        assert torch.equal(before.lengths, after.lengths) and torch.equal(before.indices, after.indices)
+        assert torch.equal(tokenizer.decode(before), loaded.decode(after))
