@@ -33,6 +33,7 @@ import json, statistics, sys
 rows = {"start": "llm_vocab_start_s{}", "trained": "llm_vocab_trained_s{}"}
 keys = [("text_to_image_loss", "caption -> image codes (whole vocabulary)"),
         ("text_to_image_among_codes", "caption -> image codes (among the codes)"),
+        ("text_to_image_other_caption", "caption -> image codes, after the previous image's caption"),
         ("image_to_text_loss", "image -> caption"), ("unigram_baseline", "unigram: held-out codes' entropy"),
         ("unigram_fitted_on_training", "unigram: fit on the training codes")]
 print("| nats per token | " + " | ".join(rows) + " |\n| --- |" + " --- |" * len(rows))

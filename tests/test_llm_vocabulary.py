@@ -127,6 +127,7 @@ def test_a_frozen_llm_trains_only_the_new_rows(compose_run):
     assert report["training_codes_counted"] == 2 * cfg.data.batch_size * result["report"]["tokens_per_image"]
     assert report["unigram_fitted_on_training"] > report["unigram_baseline"]
     assert report["text_to_image_among_codes"] <= report["text_to_image_loss"] + 1e-6
+    assert report["text_to_image_other_caption"] > 0  # the codes scored after another image's caption
 
 
 def test_export_and_generate_from_the_exported_folder(compose_run, tmp_path):

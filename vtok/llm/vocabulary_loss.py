@@ -116,11 +116,14 @@ class VocabularyEvaluation(TermEvaluation):
                 "caption -> image over the code ids, with the softmax over the whole vocabulary and over the code "
                 "ids only, as generation samples), the first caption of each image; the unigram baseline is the "
                 "entropy (nats) of the held-out code frequencies (the best any caption-blind, order-blind guess "
-                "can do), beside the cross-entropy of a unigram model fit on the codes training saw (add-one)")
+                "can do), beside the cross-entropy of a unigram model fit on the codes training saw (add-one); "
+                "the caption -> image loss is repeated with the previous held-out image's caption (what the "
+                "caption itself is worth)")
 
     def __init__(self, term: VocabularyLoss) -> None:
         self.term = term
-        self.losses: dict[str, list[float]] = {d: [] for d in (*DIRECTIONS, "among_codes")}
+        self.losses: dict[str, list[float]] = {d: [] for d in (*DIRECTIONS, "among_codes", "other_caption")}
+        self.previous_caption: str | None = None
         self.counts: Counter[int] = Counter()
         self.images = 0
         self.trained_counts: Tensor | None = None
@@ -136,6 +139,10 @@ class VocabularyEvaluation(TermEvaluation):
                 self.losses[direction].append(float(losses["image_codes" if direction == "text_to_image" else "loss"]))
                 if direction == "text_to_image":
                     self.losses["among_codes"].append(float(losses["image_codes_among_codes"]))
+            if self.previous_caption is not None:  # the same codes after another image's caption
+                other = vocabulary.loss([codes], [self.previous_caption], ["text_to_image"])
+                self.losses["other_caption"].append(float(other["image_codes"]))
+            self.previous_caption = caption
             self.counts.update(codes.tolist())
             self.images += 1
 
@@ -152,7 +159,7 @@ class VocabularyEvaluation(TermEvaluation):
             return {}
         total = sum(self.counts.values())
         unigram = -sum(c / total * math.log(c / total) for c in self.counts.values())
-        losses = {d: sum(v) / len(v) for d, v in self.losses.items()}
+        losses = {d: sum(v) / len(v) for d, v in self.losses.items() if v}
         trained = (self.trained_counts if self.trained_counts is not None else self.term.code_counts).double()
         # the unigram model of the training codes (add-one smoothed) on the held-out codes
         fitted = ((trained + 1) / (trained.sum() + len(trained))).log().tolist()
@@ -162,7 +169,11 @@ class VocabularyEvaluation(TermEvaluation):
                    f"{math.log(self.term._vocabulary().codebook_size):.3f}, a unigram fit on the training codes "
                    f"{unigram_fitted:.3f}); image -> caption "
                    f"{losses['image_to_text']:.3f}, over {self.images} held-out images"]
+        if self.losses["other_caption"]:
+            summary.append(f"caption -> image tokens after the previous image's caption: "
+                           f"{losses['other_caption']:.3f} (what the caption itself tells)")
         return {"text_to_image_loss": losses["text_to_image"], "text_to_image_among_codes": losses["among_codes"],
+                "text_to_image_other_caption": losses.get("other_caption"),
                 "image_to_text_loss": losses["image_to_text"], "unigram_baseline": unigram,
                 "unigram_fitted_on_training": unigram_fitted, "training_codes_counted": int(trained.sum()),
                 "num_images": self.images, "summary": summary}
